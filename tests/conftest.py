@@ -1,0 +1,55 @@
+"""Shared test setup: one thread (2-core machine), offline W&B, a tiny task."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
+
+from lrenv import Split, Task, TaskConfig, TaskData, classification_metrics  # noqa: E402
+
+
+class TinyClassifier(Task):
+    """A 3-class problem on 8 Gaussian features: an epoch takes about a millisecond."""
+
+    default_config = TaskConfig(
+        epochs=5, batch_size=32, optimizer="momentum", lr_range=(1e-3, 30.0), default_lr=0.1, target_loss=0.3
+    )
+
+    def data(self, seed: int = 0) -> TaskData:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(600, 8, generator=g)
+        y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+        return TaskData(Split(x[:400], y[:400]), Split(x[400:500], y[400:500]), Split(x[500:], y[500:]))
+
+    def model(self, generator: torch.Generator) -> nn.Module:
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.uniform_(-0.3, 0.3, generator=generator)
+        return model
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, target)
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return classification_metrics(output, target)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_wandb(tmp_path_factory, monkeypatch):
+    root = tmp_path_factory.getbasetemp() / "wandb"
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(root / var.lower()))
+
+
+@pytest.fixture
+def tiny_task() -> TinyClassifier:
+    task = TinyClassifier()
+    task.name = "Tiny-v0"
+    return task
