@@ -1,0 +1,177 @@
+"""Observations: loss history of a run -> a bounded, scale-free float32 vector.
+
+The env, the batched VecEnv and the PyTorch scheduler all build observations with
+:class:`Observer`, from the same settings, so a policy sees the same numbers in training and
+in a user's loop. An Observer tracks N runs at once (arrays of shape ``(N,)``).
+
+Feature sets (every value is clipped to its bounds; non-finite values become a bound):
+
+``"standard"``
+
+=====  ======================  ================================================  ===========
+index  name                    meaning                                           bounds
+=====  ======================  ================================================  ===========
+0      ``progress``            epoch / epoch budget, i / T                       [0, 1]
+1      ``log_lr``              log LR in the task's LR range mapped to [-1, 1]   [-1, 1]
+2      ``train_loss``          log(train loss / train loss at epoch 0)           [-10, 10]
+3      ``valid_loss``          log(valid loss / valid loss at epoch 0)           [-10, 10]
+4      ``train_loss_change``   log(train loss / previous epoch's)                [-5, 5]
+5      ``valid_loss_change``   log(valid loss / previous epoch's)                [-5, 5]
+6      ``train_loss_spread``   std / mean of the epoch's mini-batch losses       [0, 5]
+7      ``generalisation_gap``  log(valid loss / train loss)                      [-5, 5]
+=====  ======================  ================================================  ===========
+
+``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
+
+=====  ==============  ==========================================  =========
+index  name            meaning                                     bounds
+=====  ==============  ==========================================  =========
+0      ``progress``    i / T                                       [0, 1]
+1      ``valid_loss``  ε = log(valid loss / valid loss at epoch 0)  [-10, 10]
+=====  ==============  ==========================================  =========
+
+At epoch 0 the changes and the spread are 0 and ``log_lr`` shows the task's ``default_lr``.
+Losses are assumed positive (cross-entropy, squared error); the train loss at epoch 0 is the
+untrained model's loss on the train split, later ones are the mean of the epoch's batch losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from lrenv.engine import EpochStats
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    low: float
+    high: float
+
+
+_LOSS_RATIO = 10.0
+_CHANGE = 5.0
+
+FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
+    "standard": (
+        Feature("progress", 0.0, 1.0),
+        Feature("log_lr", -1.0, 1.0),
+        Feature("train_loss", -_LOSS_RATIO, _LOSS_RATIO),
+        Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
+        Feature("train_loss_change", -_CHANGE, _CHANGE),
+        Feature("valid_loss_change", -_CHANGE, _CHANGE),
+        Feature("train_loss_spread", 0.0, 5.0),
+        Feature("generalisation_gap", -_CHANGE, _CHANGE),
+    ),
+    "minimal": (
+        Feature("progress", 0.0, 1.0),
+        Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
+    ),
+}
+
+_TINY = 1e-30  # keeps log() finite for a zero loss
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.maximum(x, _TINY))
+
+
+class Observer:
+    """Builds observations for N runs from their epoch stats and learning rates.
+
+    Args:
+        features: Name of a feature set in :data:`FEATURE_SETS`.
+        n: Number of runs tracked.
+    """
+
+    def __init__(self, features: str = "standard", n: int = 1) -> None:
+        if features not in FEATURE_SETS:
+            raise ValueError(f"unknown feature set {features!r}; choose one of {', '.join(FEATURE_SETS)}")
+        self.features = features
+        self.n = n
+        spec = FEATURE_SETS[features]
+        self.names: tuple[str, ...] = tuple(f.name for f in spec)
+        self.low = np.array([f.low for f in spec], dtype=np.float32)
+        self.high = np.array([f.high for f in spec], dtype=np.float32)
+        self.space = gym.spaces.Box(self.low, self.high, dtype=np.float32)
+        nan = np.full(n, np.nan)
+        self.epoch = np.zeros(n, dtype=np.int64)
+        self.epochs = np.ones(n, dtype=np.int64)
+        self.lr = nan.copy()
+        self.log_lr_range = np.stack([nan, nan], 1)
+        self.first_train, self.first_valid = nan.copy(), nan.copy()
+        self.train, self.valid = nan.copy(), nan.copy()
+        self._last = np.zeros((n, len(spec)), dtype=np.float32)
+
+    def reset(
+        self,
+        runs: Sequence[int] | np.ndarray,
+        initial: EpochStats,
+        lr: np.ndarray,
+        epochs: np.ndarray,
+        lr_range: np.ndarray,
+    ) -> np.ndarray:
+        """Start runs at epoch 0 from their untrained stats.
+
+        Args:
+            runs: Which of the N runs start; the other arrays are in this order.
+            initial: Epoch-0 stats of those runs.
+            lr: Their starting learning rates.
+            epochs: Their epoch budgets T.
+            lr_range: ``(len(runs), 2)`` low and high LR of their tasks.
+
+        Returns:
+            Observations of those runs, ``(len(runs), n_features)``.
+        """
+        idx = np.asarray(runs, dtype=np.int64)
+        self.epoch[idx] = 0
+        self.epochs[idx] = epochs
+        self.lr[idx] = lr
+        self.log_lr_range[idx] = np.log(np.asarray(lr_range, dtype=np.float64))
+        self.first_train[idx] = self.train[idx] = initial.train_loss
+        self.first_valid[idx] = self.valid[idx] = initial.valid_loss
+        zeros = np.zeros(len(idx))
+        return self._observe(idx, initial.train_loss, initial.valid_loss, zeros, zeros, zeros)
+
+    def update(self, stats: EpochStats, lr: np.ndarray) -> np.ndarray:
+        """Advance all N runs by one epoch trained at ``lr``; returns ``(N, n_features)``."""
+        idx = np.arange(self.n)
+        self.epoch += 1
+        self.lr[:] = lr
+        train_change = _log(stats.train_loss) - _log(self.train)
+        valid_change = _log(stats.valid_loss) - _log(self.valid)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spread = stats.train_loss_std / np.abs(stats.train_loss)
+        self.train, self.valid = np.array(stats.train_loss, float), np.array(stats.valid_loss, float)
+        return self._observe(idx, self.train, self.valid, train_change, valid_change, spread)
+
+    def observe_last(self) -> np.ndarray:
+        """The latest observation of every run, ``(N, n_features)``."""
+        return self._last.copy()
+
+    def _observe(self, idx, train, valid, train_change, valid_change, spread) -> np.ndarray:
+        values = {
+            "progress": self.epoch[idx] / self.epochs[idx],
+            "log_lr": self._scaled_log_lr(idx),
+            "train_loss": _log(train) - _log(self.first_train[idx]),
+            "valid_loss": _log(valid) - _log(self.first_valid[idx]),
+            "train_loss_change": train_change,
+            "valid_loss_change": valid_change,
+            "train_loss_spread": spread,
+            "generalisation_gap": _log(valid) - _log(train),
+        }
+        obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
+        # a diverged run's inf/nan must still give a valid observation: clamp to the bounds
+        obs = np.nan_to_num(obs, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        obs = np.clip(obs, self.low, self.high).astype(np.float32)
+        self._last[idx] = obs
+        return obs
+
+    def _scaled_log_lr(self, idx: np.ndarray) -> np.ndarray:
+        low, high = self.log_lr_range[idx, 0], self.log_lr_range[idx, 1]
+        return 2.0 * (np.log(self.lr[idx]) - low) / (high - low) - 1.0

@@ -1,0 +1,175 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import lrenv
+from lrenv import LREnv
+
+BUILTIN_TASKS = ["NoisyQuadratic-v0", "MNIST1D-MLP-v0", "MNIST1D-CNN-v0", "Digits-MLP-v0", "TextGRU-v0"]
+
+
+def _episode(env, actions, seed):
+    obs, info = env.reset(seed=seed)
+    trajectory = [(obs, 0.0, info["valid_loss"])]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(np.array([action], dtype=np.float32))
+        trajectory.append((obs, reward, info["valid_loss"]))
+        if terminated or truncated:
+            break
+    return trajectory
+
+
+def test_builtin_tasks_are_registered():
+    assert set(BUILTIN_TASKS) <= set(lrenv.list_tasks())
+
+
+@pytest.mark.parametrize("task", BUILTIN_TASKS)
+def test_checkers_pass_on_every_builtin_task(task):
+    # short budgets keep the test fast; the checks exercise reset/step/seeding, not learning
+    env = gym.make(lrenv.ENV_ID, task=task, device="cpu", task_config={"epochs": 3})
+    gym_check_env(env.unwrapped)
+    sb3_check_env(LREnv(task, device="cpu", task_config={"epochs": 3}), warn=True)
+
+
+@pytest.mark.parametrize("task", ["Tiny", "NoisyQuadratic-v0"])
+def test_same_seed_and_actions_give_identical_episodes(task, tiny_task):
+    task = tiny_task if task == "Tiny" else task
+    actions = [0.2, -0.5, 0.0, 0.1, -1.0]
+    a = _episode(LREnv(task, device="cpu", task_config={"epochs": 5}), actions, seed=11)
+    b = _episode(LREnv(task, device="cpu", task_config={"epochs": 5}), actions, seed=11)
+    c = _episode(LREnv(task, device="cpu", task_config={"epochs": 5}), actions, seed=12)
+    assert len(a) == len(b) == 6
+    for (obs_a, r_a, _), (obs_b, r_b, _) in zip(a, b):
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert r_a == r_b
+    assert a[-1][2] != c[-1][2]
+
+
+def test_return_telescopes_to_log_loss_ratio(tiny_task):
+    traj = _episode(LREnv(tiny_task, device="cpu"), [0.0] * 5, seed=0)
+    total = sum(r for _, r, _ in traj)
+    assert total == pytest.approx(np.log(traj[0][2] / traj[-1][2]), rel=1e-6)
+    assert total > 0
+
+
+def test_truncates_at_budget_and_refuses_steps_after(tiny_task):
+    env = LREnv(tiny_task, device="cpu", task_config={"epochs": 2})
+    env.reset(seed=0)
+    assert env.step(np.zeros(1, np.float32))[2:4] == (False, False)
+    _, _, terminated, truncated, info = env.step(np.zeros(1, np.float32))
+    assert (terminated, truncated, info["epoch"]) == (False, True, 2)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(1, np.float32))
+
+
+@pytest.mark.parametrize("task", ["Tiny", "NoisyQuadratic-v0"])
+def test_divergence_ends_episode_cleanly(task, tiny_task):
+    env = LREnv(tiny_task if task == "Tiny" else task, device="cpu", divergence_penalty=3.0)
+    obs, _ = env.reset(seed=0)
+    rewards, terminated, truncated = [], False, False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(np.ones(1, np.float32))  # top of the LR range
+        assert np.isfinite(obs).all() and env.observation_space.contains(obs)
+        assert np.isfinite(reward)
+        rewards.append(reward)
+    assert terminated and not truncated and info["diverged"]
+    assert sum(rewards) == pytest.approx(-3.0)
+
+
+def test_info_carries_raw_numbers(tiny_task):
+    env = LREnv(tiny_task, device="cpu")
+    _, info = env.reset(seed=0)
+    assert info["epoch"] == 0 and info["lr"] == tiny_task.config.default_lr
+    _, _, _, _, info = env.step(np.array([-1.0], np.float32))
+    assert info["lr"] == pytest.approx(tiny_task.config.lr_range[0])
+    assert set(info) >= {"task", "epoch", "lr", "train_loss", "valid_loss", "valid_accuracy", "diverged"}
+    assert info["task"] == "Tiny-v0"
+
+
+def test_relative_action_mode(tiny_task):
+    env = LREnv(tiny_task, device="cpu", action_mode="relative", relative_factor=4.0)
+    env.reset(seed=0)
+    lrs = [env.step(np.array([a], np.float32))[4]["lr"] for a in (1.0, 0.5, -1.0, 5.0)]
+    assert lrs == pytest.approx([0.4, 0.8, 0.2, 0.8])  # 5.0 is clipped to 1
+
+
+def test_minimal_features(tiny_task):
+    env = LREnv(tiny_task, device="cpu", features="minimal")
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (2,) and obs.tolist() == [0.0, 0.0]
+    obs, _, _, _, info = env.step(np.zeros(1, np.float32))
+    first = env._first_valid
+    assert obs[0] == pytest.approx(1 / 5) and obs[1] == pytest.approx(np.log(info["valid_loss"] / first), abs=1e-6)
+
+
+def test_final_loss_reward_pays_at_the_end(tiny_task):
+    traj = _episode(LREnv(tiny_task, device="cpu", reward="final_loss"), [0.0] * 5, seed=0)
+    rewards = [r for _, r, _ in traj[1:]]
+    assert rewards[:-1] == [0.0] * 4
+    assert rewards[-1] == pytest.approx(np.log(traj[0][2] / traj[-1][2]), rel=1e-6)
+
+
+def test_time_to_target_reward_ends_at_target(tiny_task):
+    env = LREnv(tiny_task, device="cpu", reward="time_to_target", target_loss=0.5)
+    env.reset(seed=0)
+    steps, terminated, truncated = 0, False, False
+    while not (terminated or truncated):
+        _, reward, terminated, truncated, info = env.step(np.zeros(1, np.float32))
+        steps += 1
+        assert reward == -1.0
+    assert terminated and info["valid_loss"] <= 0.5 and steps < 5
+
+
+def test_task_list_samples_tasks_and_option_picks_one(tiny_task):
+    other = type(tiny_task)(epochs=3)
+    other.name = "Tiny-short-v0"
+    env = LREnv([tiny_task, other], device="cpu")
+    seen = {env.reset(seed=s)[1]["task"] for s in range(12)}
+    assert seen == {"Tiny-v0", "Tiny-short-v0"}
+    assert env.reset(seed=0, options={"task": "Tiny-short-v0"})[1]["task"] == "Tiny-short-v0"
+    with pytest.raises(ValueError, match="not one of this env's tasks: Tiny-v0, Tiny-short-v0"):
+        env.reset(options={"task": "Nope-v0"})
+
+
+def test_bad_arguments_name_what_is_allowed(tiny_task):
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) learning_rate; allowed: task, seed, device"):
+        LREnv(tiny_task, learning_rate=0.1)
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) bogus; allowed: task"):
+        gym.make(lrenv.ENV_ID, task=tiny_task, bogus=1)
+    with pytest.raises(ValueError, match="choose one of log_progress, final_loss, time_to_target"):
+        LREnv(tiny_task, reward="accuracy")
+    with pytest.raises(ValueError, match="choose one of absolute, relative"):
+        LREnv(tiny_task, action_mode="cyclic")
+    with pytest.raises(ValueError, match="choose one of standard, minimal"):
+        LREnv(tiny_task, features="all")
+    with pytest.raises(TypeError, match="allowed: epochs, batch_size"):
+        LREnv(tiny_task, task_config={"epoch": 3})
+    with pytest.raises(KeyError, match="registered tasks: .*MNIST1D-MLP-v0"):
+        LREnv("MNIST-v9")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_action_is_a_clear_error(tiny_task, bad):
+    env = LREnv(tiny_task, device="cpu")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"not finite; actions must be finite numbers in \[-1, 1\]"):
+        env.step(np.array([bad], np.float32))
+
+
+def test_out_of_range_action_is_clipped(tiny_task):
+    env = LREnv(tiny_task, device="cpu")
+    env.reset(seed=0)
+    assert env.step(np.array([7.0], np.float32))[4]["lr"] == pytest.approx(tiny_task.config.lr_range[1])
+
+
+def test_render_modes(tiny_task):
+    env = LREnv(tiny_task, device="cpu", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(np.zeros(1, np.float32))
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 and frame.std() > 0
+    text = LREnv(tiny_task, device="cpu", render_mode="ansi")
+    text.reset(seed=0)
+    assert "valid_loss=" in text.render()
