@@ -1,0 +1,1 @@
+"""Runnable scripts: ``python -m agents.demo`` (and, as they land, train and evaluate)."""
