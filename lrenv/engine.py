@@ -1,7 +1,8 @@
 """The engine: the one place that trains inner models.
 
 An :class:`Engine` holds a population of ``n_runs`` runs of one task on one device. Each
-run has its own model, optimizer, seed (initialisation and data order) and learning rate.
+run has its own parameters, optimizer state, seed (initialisation and data order) and
+learning rate; :mod:`lrenv.trainers` trains them as a loop or as one stacked computation.
 :meth:`Engine.run_epoch` trains every run for one epoch at the learning rates it is given
 and returns :class:`EpochStats` with one host read for the whole population.
 
@@ -12,6 +13,7 @@ read once per epoch. No DataLoader, no per-batch ``.item()``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,10 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrenv.task import Split, Task, TaskConfig
-
-#: Samples per forward pass when evaluating a split (memory bound, not a training setting).
-EVAL_CHUNK = 4096
+from lrenv.task import Split, Task
+from lrenv.trainers import LoopTrainer, NotBatchable, StackedTrainer
 
 
 @dataclass(frozen=True)
@@ -72,35 +72,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def make_optimizer(params: list[nn.Parameter], config: TaskConfig, lr: float) -> torch.optim.Optimizer:
-    """The torch optimizer a task's config names, with its momentum and weight decay."""
-    name, beta1, wd = config.optimizer, config.momentum, config.weight_decay
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}")  # TaskConfig validates; kept for safety
-
-
 def run_seeds(seed: int) -> tuple[int, int]:
     """Independent seeds for a run's initialisation and its data order, from one run seed."""
     init_seed, order_seed = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
     return int(init_seed >> np.uint64(1)), int(order_seed >> np.uint64(1))
-
-
-@dataclass
-class _Run:
-    """Training state of one run: everything the task does not hold."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    order: torch.Generator
-    first_train: float = float("nan")
-    first_valid: float = float("nan")
 
 
 class Engine:
@@ -111,8 +86,13 @@ class Engine:
         n_runs: Population size N.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         dtype: Floating-point dtype of data and models.
+        batched: Train the N runs as one stacked computation (``None``: when N > 1 and the
+            model allows it; ``False``: always a loop of modules). A model that cannot be
+            stacked (buffers such as BatchNorm, dropout, ops without a vmap rule such as
+            ``nn.GRU``) falls back to the loop with a one-line warning.
 
-    Runs start untrained; call :meth:`reset` before :meth:`run_epoch`.
+    Runs start untrained; call :meth:`reset` before :meth:`run_epoch`. Run k of a
+    population trains exactly as run k alone with the matching torch optimizer.
     """
 
     def __init__(
@@ -121,6 +101,7 @@ class Engine:
         n_runs: int = 1,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        batched: bool | None = None,
     ) -> None:
         if not isinstance(n_runs, int) or n_runs < 1:
             raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
@@ -134,8 +115,34 @@ class Engine:
         self.valid: Split = data.valid.to(self.device, dtype)
         self.test: Split | None = data.test.to(self.device, dtype) if data.test is not None else None
         self.batches_per_epoch = -(-len(self.train) // self.config.batch_size)
-        self._runs: list[_Run | None] = [None] * n_runs
-        self._metric_names: tuple[str, ...] = ()  # learned from the first evaluation
+        self._orders: list[torch.Generator | None] = [None] * n_runs
+        self._first_train = np.full(n_runs, np.nan)
+        self._first_valid = np.full(n_runs, np.nan)
+        self.trainer, self.fallback_reason = self._pick_trainer(batched)
+
+    @property
+    def batched(self) -> bool:
+        """Whether the runs train as one stacked computation."""
+        return isinstance(self.trainer, StackedTrainer)
+
+    def _pick_trainer(self, batched: bool | None) -> tuple[LoopTrainer | StackedTrainer, str | None]:
+        if batched is False or (batched is None and self.n_runs == 1):
+            return LoopTrainer(self.task, self.n_runs), None
+        try:
+            return StackedTrainer(self.task, self.n_runs, self._new_model(0), self.train), None
+        except NotBatchable as exc:
+            reason = str(exc)
+        warnings.warn(
+            f"lrenv: task {self.task.name or type(self.task).__name__} cannot be batched ({reason}); "
+            f"training its {self.n_runs} runs in a loop",
+            stacklevel=3,
+        )
+        return LoopTrainer(self.task, self.n_runs), reason
+
+    def _new_model(self, init_seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # module constructors draw from the global RNG
+            model = self.task.model(torch.Generator().manual_seed(init_seed))
+        return model.to(device=self.device, dtype=self.dtype)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -152,25 +159,20 @@ class Engine:
         runs = list(range(self.n_runs)) if runs is None else [int(k) for k in runs]
         if len(seeds) != len(runs):
             raise ValueError(f"got {len(seeds)} seeds for {len(runs)} runs")
+        models = []
         for k, seed in zip(runs, seeds):
             if not 0 <= k < self.n_runs:
                 raise IndexError(f"run index {k} out of range for a population of {self.n_runs}")
             init_seed, order_seed = run_seeds(seed)
-            with torch.random.fork_rng(devices=[]):  # module constructors draw from the global RNG
-                model = self.task.model(torch.Generator().manual_seed(init_seed))
-            model = model.to(device=self.device, dtype=self.dtype)
-            optimizer = make_optimizer(list(model.parameters()), self.config, self.config.default_lr)
-            order = torch.Generator(device=self.device).manual_seed(order_seed)
-            self._runs[k] = _Run(model, optimizer, order)
-        train_rows = [self._evaluate(self._get(k).model, self.train) for k in runs]
-        valid_rows = [self._evaluate(self._get(k).model, self.valid) for k in runs]
-        train_table, valid_table = self._read_tables(train_rows, valid_rows)
-        n = len(runs)
-        stats = self._stats(train_table[:, 0], np.zeros(n), valid_table)
-        for i, k in enumerate(runs):
-            run = self._get(k)
-            run.first_train = float(stats.train_loss[i])
-            run.first_valid = float(stats.valid_loss[i])
+            models.append(self._new_model(init_seed))
+            self._orders[k] = torch.Generator(device=self.device).manual_seed(order_seed)
+        self.trainer.init_runs(runs, models)
+        self._metric_names, train_table = self.trainer.evaluate(self.train, runs)
+        _, valid_table = self.trainer.evaluate(self.valid, runs)
+        train_table, valid_table = _to_host(train_table, valid_table)
+        stats = self._stats(train_table[:, 0], np.zeros(len(runs)), valid_table)
+        self._first_train[runs] = stats.train_loss
+        self._first_valid[runs] = stats.valid_loss
         return self._mark_divergence(stats, runs)
 
     def run_epoch(self, lrs: Sequence[float] | np.ndarray) -> EpochStats:
@@ -184,18 +186,15 @@ class Engine:
             raise ValueError(f"got {len(lrs)} learning rates for {self.n_runs} runs")
         if not np.all(np.isfinite(lrs)) or np.any(lrs < 0):
             raise ValueError(f"learning rates must be finite and >= 0, got {lrs}")
+        perms = torch.stack([torch.randperm(len(self.train), generator=self._order(k), device=self.device) for k in range(self.n_runs)])
         batch_losses = torch.empty(self.n_runs, self.batches_per_epoch, device=self.device, dtype=self.dtype)
-        valid_rows = []
-        for k in range(self.n_runs):
-            run = self._get(k)
-            self._train_epoch(run, float(lrs[k]), batch_losses[k])
-            valid_rows.append(self._evaluate(run.model, self.valid))
+        self.trainer.train_epoch(lrs, perms, self.train, batch_losses)
+        runs = range(self.n_runs)
+        _, valid_table = self.trainer.evaluate(self.valid, runs)
         # mean and spread of the batch losses travel in the same host read as validation
         spread = batch_losses.std(1) if self.batches_per_epoch > 1 else torch.zeros_like(batch_losses[:, 0])
-        summary = torch.stack([batch_losses.mean(1), spread], 1)
-        summary_table, valid_table = self._read_tables(list(summary), valid_rows)
-        stats = self._stats(summary_table[:, 0], summary_table[:, 1], valid_table)
-        return self._mark_divergence(stats, range(self.n_runs))
+        summary, valid_table = _to_host(torch.stack([batch_losses.mean(1), spread], 1), valid_table)
+        return self._mark_divergence(self._stats(summary[:, 0], summary[:, 1], valid_table), runs)
 
     def evaluate(self, split: str = "valid") -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Loss and metrics of every run's current model on ``"train"``, ``"valid"`` or ``"test"``.
@@ -208,59 +207,23 @@ class Engine:
         if data is None:
             have = [name for name, s in splits.items() if s is not None]
             raise ValueError(f"unknown split {split!r} for task {self.task.name!r}; it has {', '.join(have)}")
-        (table,) = self._read_tables([self._evaluate(self._get(k).model, data) for k in range(self.n_runs)])
-        return table[:, 0], {name: table[:, 1 + i] for i, name in enumerate(self._metric_names)}
+        self._order(0)
+        names, table = self.trainer.evaluate(data, range(self.n_runs))
+        (table,) = _to_host(table)
+        return table[:, 0], {name: table[:, 1 + i] for i, name in enumerate(names)}
 
     def model(self, run: int = 0) -> nn.Module:
-        """The live model of a run (for inspection; training it changes the run)."""
-        return self._get(run).model
+        """Run k's model: the live module (loop) or a copy of its parameters (batched)."""
+        self._order(run)
+        return self.trainer.model(run)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _get(self, k: int) -> _Run:
-        run = self._runs[k]
-        if run is None:
+    def _order(self, k: int) -> torch.Generator:
+        order = self._orders[k]
+        if order is None:
             raise RuntimeError(f"run {k} has not been initialised; call Engine.reset(seeds) first")
-        return run
-
-    def _train_epoch(self, run: _Run, lr: float, losses_out: torch.Tensor) -> None:
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        x, y = self.train.x, self.train.y
-        batch = self.config.batch_size
-        perm = torch.randperm(len(x), generator=run.order, device=self.device)
-        model, optimizer, loss_fn = run.model, run.optimizer, self.task.loss
-        model.train()
-        for b, idx in enumerate(perm.split(batch)):
-            loss = loss_fn(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses_out[b] = loss.detach()
-
-    @torch.no_grad()
-    def _evaluate(self, model: nn.Module, split: Split) -> torch.Tensor:
-        """``[loss, *metrics]`` of ``model`` on ``split`` as one device vector (no host read)."""
-        model.eval()
-        n = len(split)
-        total: torch.Tensor | None = None
-        for start in range(0, n, EVAL_CHUNK):
-            xb, yb = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
-            out = model(xb)
-            metrics = self.task.metrics(out, yb)
-            self._metric_names = tuple(metrics)
-            values = torch.stack([self.task.loss(out, yb).detach(), *(v.detach() for v in metrics.values())])
-            part = values.to(self.dtype) * (len(xb) / n)
-            total = part if total is None else total + part
-        assert total is not None
-        return total
-
-    @staticmethod
-    def _read_tables(*groups: list[torch.Tensor]) -> list[np.ndarray]:
-        """Stack groups of per-run device vectors and copy them to the host in one read."""
-        widths = [g[0].numel() for g in groups]
-        table = torch.cat([torch.stack(list(g)).to(torch.float64) for g in groups], dim=1).cpu().numpy()
-        return list(np.split(table, np.cumsum(widths)[:-1], axis=1))
+        return order
 
     def _stats(self, train_loss: np.ndarray, train_std: np.ndarray, valid_table: np.ndarray) -> EpochStats:
         metrics = {name: valid_table[:, 1 + i] for i, name in enumerate(self._metric_names)}
@@ -268,14 +231,20 @@ class Engine:
         return EpochStats(train_loss, np.nan_to_num(train_std), valid_table[:, 0], metrics, np.zeros(n, bool))
 
     def _mark_divergence(self, stats: EpochStats, runs: Sequence[int]) -> EpochStats:
-        first_train = np.array([self._get(k).first_train for k in runs])
-        first_valid = np.array([self._get(k).first_valid for k in runs])
+        idx = np.asarray(list(runs), dtype=np.int64)
         factor = self.config.divergence_factor
         with np.errstate(invalid="ignore"):
             diverged = (
                 ~np.isfinite(stats.train_loss)
                 | ~np.isfinite(stats.valid_loss)
-                | (stats.train_loss > factor * np.abs(first_train))
-                | (stats.valid_loss > factor * np.abs(first_valid))
+                | (stats.train_loss > factor * np.abs(self._first_train[idx]))
+                | (stats.valid_loss > factor * np.abs(self._first_valid[idx]))
             )
         return EpochStats(stats.train_loss, stats.train_loss_std, stats.valid_loss, stats.metrics, diverged)
+
+
+def _to_host(*tables: torch.Tensor) -> list[np.ndarray]:
+    """Copy device tables ``[N, k_i]`` to the host in one read."""
+    widths = [t.shape[1] for t in tables]
+    joined = torch.cat([t.to(torch.float64) for t in tables], 1).cpu().numpy()
+    return list(np.split(joined, np.cumsum(widths)[:-1], axis=1))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lrenv import Engine, TaskConfig
-from lrenv.engine import make_optimizer, resolve_device, run_seeds
+from lrenv.engine import resolve_device, run_seeds
+from lrenv.trainers import make_optimizer
 
 
 def _train_alone(task, seed, lrs):

@@ -1,0 +1,106 @@
+"""Optimizers for a population of runs whose parameters are stacked along dimension 0.
+
+:class:`BatchedOptimizer` updates N runs at once, run k with its own learning rate, and
+computes exactly what ``torch.optim.SGD`` (with or without momentum), ``Adam`` and ``AdamW``
+compute for run k alone (same formulas and order of operations as their ``foreach``
+implementations; Adam's bias corrections in float64, as torch does with Python floats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lrenv.task import TaskConfig
+
+ADAM_BETA2 = 0.999
+ADAM_EPS = 1e-8
+
+
+class BatchedOptimizer:
+    """Per-run-LR optimizer over stacked parameters ``[N, ...]``.
+
+    Args:
+        params: Stacked parameter tensors (updated in place).
+        config: The task's optimizer settings (name, momentum/beta1, weight decay).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], config: TaskConfig) -> None:
+        self.params = list(params)
+        self.config = config
+        self.n = self.params[0].shape[0]
+        self.kind = config.optimizer
+        device = self.params[0].device
+        self.steps = np.zeros(self.n, dtype=np.int64)  # per-run optimizer steps (Adam)
+        self._state: list[list[torch.Tensor]] = []
+        if self.kind == "momentum":
+            self._state = [[torch.zeros_like(p) for p in self.params]]
+        elif self.kind in ("adam", "adamw"):
+            self._state = [[torch.zeros_like(p) for p in self.params], [torch.zeros_like(p) for p in self.params]]
+        self._device = device
+
+    def reset_runs(self, runs: Sequence[int]) -> None:
+        """Clear the optimizer state of runs that start afresh."""
+        idx = list(runs)
+        self.steps[idx] = 0
+        for group in self._state:
+            for s in group:
+                s[idx] = 0
+
+    def prepare_epoch(self, lrs: np.ndarray, n_steps: int) -> None:
+        """Precompute per-run step sizes for the next ``n_steps`` steps (one host-to-device copy)."""
+        lrs = np.asarray(lrs, dtype=np.float64)
+        dtype = self.params[0].dtype
+        if self.kind in ("adam", "adamw"):
+            beta1 = self.config.momentum
+            t = self.steps[None, :] + np.arange(1, n_steps + 1)[:, None]  # [n_steps, N]
+            bias_correction1 = 1 - beta1**t
+            bias_correction2_sqrt = np.sqrt(1 - ADAM_BETA2**t)
+            table = np.stack([-(lrs / bias_correction1), bias_correction2_sqrt, np.broadcast_to(lrs, t.shape)])
+        else:
+            table = np.broadcast_to(lrs, (1, n_steps, self.n))
+        self._table = torch.as_tensor(np.ascontiguousarray(table), dtype=dtype).to(self._device, non_blocking=True)
+        self._step_in_epoch = 0
+
+    def _per_run(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.view(self.n, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        """One update of every run from its gradients (stacked like the parameters)."""
+        b = self._step_in_epoch
+        self._step_in_epoch += 1
+        wd = self.config.weight_decay
+        params = self.params
+        if self.kind in ("sgd", "momentum"):
+            lr = self._table[0, b]
+            if wd:
+                grads = torch._foreach_add(list(grads), params, alpha=wd)
+            if self.kind == "momentum":
+                (bufs,) = self._state
+                torch._foreach_mul_(bufs, self.config.momentum)
+                torch._foreach_add_(bufs, list(grads))
+                grads = bufs
+            torch._foreach_addcmul_(params, list(grads), [self._per_run(lr, g) for g in grads], value=-1)
+            return
+        neg_step, bc2_sqrt, lr = self._table[0, b], self._table[1, b], self._table[2, b]
+        exp_avgs, exp_avg_sqs = self._state
+        if wd:
+            if self.kind == "adamw":
+                torch._foreach_mul_(params, [1 - self._per_run(lr, p) * wd for p in params])
+            else:
+                grads = torch._foreach_add(list(grads), params, alpha=wd)
+        grads = list(grads)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - self.config.momentum)
+        torch._foreach_mul_(exp_avg_sqs, ADAM_BETA2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - ADAM_BETA2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [self._per_run(bc2_sqrt, d) for d in denom])
+        torch._foreach_add_(denom, ADAM_EPS)
+        torch._foreach_div_(denom, [self._per_run(neg_step, d) for d in denom])
+        torch._foreach_addcdiv_(params, exp_avgs, denom)
+
+    def finish_epoch(self) -> None:
+        self.steps += self._step_in_epoch

@@ -1,0 +1,242 @@
+"""How the engine trains a population: a loop of modules, or one stacked computation.
+
+:class:`LoopTrainer` keeps one ``nn.Module`` and torch optimizer per run and trains them one
+after another: it works for every task. :class:`StackedTrainer` stacks the N runs'
+parameters along a new first dimension and trains them as one computation
+(``torch.func.functional_call`` under ``vmap``, gradients by autograd, or by a hand-written
+backward for plain MLPs, which is ~1.5x faster on a CPU), with :class:`~lrenv.optim.BatchedOptimizer`.
+Both produce, for run k, what run k trained alone with the matching torch optimizer
+produces (up to float rounding).
+
+A trainer gets the runs' data-order permutations from the engine, writes the batch losses
+into a device buffer and never reads anything back to the host.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from lrenv.optim import BatchedOptimizer
+from lrenv.task import Split, Task, TaskConfig
+
+#: Samples per forward pass when evaluating a split (memory bound, not a training setting).
+EVAL_CHUNK = 4096
+
+
+def make_optimizer(params: list[nn.Parameter], config: TaskConfig, lr: float) -> torch.optim.Optimizer:
+    """The torch optimizer a task's config names, with its momentum and weight decay."""
+    cfg = config
+    beta1, wd = cfg.momentum, cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=wd)
+
+
+class LoopTrainer:
+    """One module and torch optimizer per run, trained one after another."""
+
+    def __init__(self, task: Task, n_runs: int) -> None:
+        self.task = task
+        self.models: list[nn.Module | None] = [None] * n_runs
+        self.optimizers: list[torch.optim.Optimizer | None] = [None] * n_runs
+
+    def init_runs(self, runs: Sequence[int], models: Sequence[nn.Module]) -> None:
+        for k, model in zip(runs, models):
+            self.models[k] = model
+            self.optimizers[k] = make_optimizer(list(model.parameters()), self.task.config, self.task.config.default_lr)
+
+    def train_epoch(self, lrs: np.ndarray, perms: torch.Tensor, train: Split, losses_out: torch.Tensor) -> None:
+        batch, loss_fn = self.task.config.batch_size, self.task.loss
+        x, y = train.x, train.y
+        for k, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+            assert model is not None and optimizer is not None
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[k])
+            model.train()
+            out_k = losses_out[k]
+            for b, idx in enumerate(perms[k].split(batch)):
+                loss = loss_fn(model(x[idx]), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                out_k[b] = loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, runs: Sequence[int]) -> tuple[tuple[str, ...], torch.Tensor]:
+        rows, names = [], ()
+        for k in runs:
+            model = self.models[k]
+            assert model is not None
+            model.eval()
+            names, row = _chunked_eval(self.task, lambda xb, m=model: m(xb), split, batched=False)
+            rows.append(row)
+        return names, torch.stack(rows)
+
+    def model(self, k: int) -> nn.Module:
+        model = self.models[k]
+        assert model is not None
+        return model
+
+
+def _chunked_eval(
+    task: Task, forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batched: bool
+) -> tuple[tuple[str, ...], torch.Tensor]:
+    """``[loss, *metrics]`` on ``split`` (per run when ``batched``), as device values."""
+    n = len(split)
+    total: torch.Tensor | None = None
+    names: tuple[str, ...] = ()
+    for start in range(0, n, EVAL_CHUNK):
+        xb, yb = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
+        out = forward(xb)
+
+        def values(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            metrics = task.metrics(o, t)
+            return torch.stack([task.loss(o, t), *(v.to(o.dtype) for v in metrics.values())])
+
+        names = tuple(task.metrics(out[0] if batched else out, yb))
+        part = (vmap(values, in_dims=(0, None))(out, yb) if batched else values(out, yb)) * (len(xb) / n)
+        total = part if total is None else total + part
+    assert total is not None
+    return names, total
+
+
+class NotBatchable(Exception):
+    """The task's model cannot be trained as one stacked computation."""
+
+
+class StackedTrainer:
+    """All runs' parameters stacked ``[N, ...]`` and trained as one computation.
+
+    Raises:
+        NotBatchable: the model has buffers (e.g. BatchNorm), dropout, or fails under vmap.
+    """
+
+    def __init__(self, task: Task, n_runs: int, template: nn.Module, train: Split) -> None:
+        self.task = task
+        self.n = n_runs
+        if list(template.buffers()):
+            raise NotBatchable("the model has buffers (e.g. BatchNorm running statistics)")
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in template.modules()):
+            raise NotBatchable("the model uses dropout, whose random masks differ from a lone run's")
+        self.names = [name for name, _ in template.named_parameters()]
+        self.params = [p.detach().unsqueeze(0).repeat(n_runs, *([1] * p.dim())).contiguous() for p in template.parameters()]
+        self.template = template
+        self.structure = _structure_only(template)
+        self.optimizer = BatchedOptimizer(self.params, task.config)
+        self._mlp = _mlp_plan(template) if train.x.dim() == 2 else None
+        self._grads = self._mlp_grads if self._mlp is not None else self._autograd_grads
+        self._vmapped_loss = vmap(self._run_loss, in_dims=(0, 0, 0))
+        try:  # gradients of a few samples (nothing is updated), so failures surface here
+            idx = torch.arange(min(len(train), 2), device=train.x.device).expand(n_runs, -1)
+            _, grads = self._grads(train.x[idx], train.y[idx])
+            if len(grads) != len(self.params) or not all(g.shape == p.shape for g, p in zip(grads, self.params)):
+                raise NotBatchable("gradients do not match the stacked parameters")
+        except NotBatchable:
+            raise
+        except Exception as exc:  # vmap has no batching rule for some ops (e.g. fused RNNs)
+            raise NotBatchable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+    def init_runs(self, runs: Sequence[int], models: Sequence[nn.Module]) -> None:
+        with torch.no_grad():
+            for k, model in zip(runs, models):
+                for stacked, p in zip(self.params, model.parameters()):
+                    stacked[k].copy_(p.detach())
+        self.optimizer.reset_runs(runs)
+
+    def train_epoch(self, lrs: np.ndarray, perms: torch.Tensor, train: Split, losses_out: torch.Tensor) -> None:
+        batch = self.task.config.batch_size
+        n_batches = losses_out.shape[1]
+        self.optimizer.prepare_epoch(lrs, n_batches)
+        for b in range(n_batches):
+            idx = perms[:, b * batch : (b + 1) * batch]
+            losses, grads = self._grads(train.x[idx], train.y[idx])
+            self.optimizer.step(grads)
+            losses_out[:, b] = losses
+        self.optimizer.finish_epoch()
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, runs: Sequence[int]) -> tuple[tuple[str, ...], torch.Tensor]:
+        idx = torch.as_tensor(list(runs), device=self.params[0].device)
+        params = self.params if len(runs) == self.n else [p[idx] for p in self.params]
+        forward = vmap(lambda ps, xb: functional_call(self.structure, dict(zip(self.names, ps)), (xb,)), in_dims=(0, None))
+        return _chunked_eval(self.task, lambda xb: forward(params, xb), split, batched=True)
+
+    def model(self, k: int) -> nn.Module:
+        """A new module holding a copy of run k's current parameters."""
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for p, stacked in zip(model.parameters(), self.params):
+                p.copy_(stacked[k])
+        return model
+
+    # -- gradients -------------------------------------------------------------------------
+
+    def _run_loss(self, params: list[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return self.task.loss(functional_call(self.structure, dict(zip(self.names, params)), (xb,)), yb)
+
+    def _autograd_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        leaves = [p.detach().requires_grad_(True) for p in self.params]
+        losses = self._vmapped_loss(leaves, xb, yb)
+        grads = torch.autograd.grad(losses.sum(), leaves)
+        return losses.detach(), list(grads)
+
+    def _mlp_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward and backward of a Linear/activation stack by hand: fewer, larger ops."""
+        assert self._mlp is not None
+        h, saved = xb, []
+        for op, w_i, b_i in self._mlp:
+            if op == "linear":
+                saved.append(h)
+                w = self.params[w_i]
+                h = torch.baddbmm(self.params[b_i].unsqueeze(1), h, w.transpose(1, 2)) if b_i is not None else h.bmm(w.transpose(1, 2))
+            else:
+                saved.append(h)
+                h = torch.relu(h) if op == "relu" else torch.tanh(h)
+        out = h.detach().requires_grad_(True)
+        losses = vmap(self.task.loss)(out, yb)
+        (grad,) = torch.autograd.grad(losses.sum(), out)
+        grads: list[torch.Tensor | None] = [None] * len(self.params)
+        for (op, w_i, b_i), inp in zip(reversed(self._mlp), reversed(saved)):
+            if op == "linear":
+                grads[w_i] = grad.transpose(1, 2).bmm(inp)
+                if b_i is not None:
+                    grads[b_i] = grad.sum(1)
+                grad = grad.bmm(self.params[w_i])
+            elif op == "relu":
+                grad = grad * (inp > 0)
+            else:
+                grad = grad * (1 - torch.tanh(inp) ** 2)
+        return losses.detach(), grads  # type: ignore[return-value]
+
+
+def _structure_only(model: nn.Module) -> nn.Module:
+    """A copy of the module on the meta device: its structure for ``functional_call``."""
+    return copy.deepcopy(model).to("meta")
+
+
+def _mlp_plan(model: nn.Module) -> list[tuple[str, int | None, int | None]] | None:
+    """``[(op, weight index, bias index)]`` if ``model`` is a Sequential of Linear/ReLU/Tanh."""
+    if not isinstance(model, nn.Sequential) or not len(model):
+        return None
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    plan: list[tuple[str, int | None, int | None]] = []
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            plan.append(("linear", index[id(layer.weight)], index[id(layer.bias)] if layer.bias is not None else None))
+        elif isinstance(layer, nn.ReLU):
+            plan.append(("relu", None, None))
+        elif isinstance(layer, nn.Tanh):
+            plan.append(("tanh", None, None))
+        else:
+            return None
+    return plan if plan[0][0] == "linear" else None
