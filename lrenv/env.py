@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from lrenv.actions import ActionMapping
-from lrenv.engine import Engine, EpochStats
+from lrenv.engine import Engine
+from lrenv.episodes import EpisodeBatch
 from lrenv.features import Observer
 from lrenv.registry import make_task
-from lrenv.rewards import RewardInput, get_reward
+from lrenv.rewards import get_reward, resolve_target
 from lrenv.task import Task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -121,26 +122,22 @@ class LREnv(gym.Env):
         if not specs:
             raise ValueError("task must name at least one task")
         self.tasks: list[Task] = [make_task(t, **(task_config or {})) for t in specs]
+        get_reward(reward)
+        for t in self.tasks:
+            resolve_target(reward, target_loss, t.config.target_loss, t.name)
         self.reward_name = reward
-        self._reward_fn = get_reward(reward)
-        if reward == "time_to_target":
-            missing = [t.name for t in self.tasks if (target_loss if target_loss is not None else t.config.target_loss) is None]
-            if missing:
-                raise ValueError(f"reward 'time_to_target' needs a target loss; tasks {missing} define none: pass target_loss=")
         self.target_loss = target_loss
         self.divergence_penalty = float(divergence_penalty)
+        self.features = features
         self.device = device
         self.dtype = DTYPES[dtype]
         self.actions = ActionMapping(action_mode, relative_factor)
-        self.observer = Observer(features, n=1)
         self.action_space = self.actions.space
-        self.observation_space = self.observer.space
+        self.observation_space = Observer(features).space
         self.render_mode = render_mode
         self._default_seed = seed
-        self._engines: dict[int, Engine] = {}
-        self._engine: Engine | None = None
+        self._batches: dict[int, EpisodeBatch] = {}
         self._task_index = 0
-        self._done = True
         self._history: list[dict[str, Any]] = []
 
     # -- Gymnasium API ---------------------------------------------------------------------
@@ -150,56 +147,18 @@ class LREnv(gym.Env):
             seed, self._default_seed = self._default_seed, None
         super().reset(seed=seed)
         self._task_index = self._choose_task(options or {})
-        task = self.tasks[self._task_index]
-        self._engine = self._engine_for(self._task_index)
-        self._run_seed = int(self.np_random.integers(2**31 - 1))
-        initial = self._engine.reset([self._run_seed])
-        cfg = task.config
-        self._lr = float(cfg.default_lr)
-        self._lr_range = np.array([cfg.lr_range], dtype=np.float64)
-        self._target = self.target_loss if self.target_loss is not None else cfg.target_loss
-        self._first_valid = float(initial.valid_loss[0])
-        self._valid = self._first_valid
-        self._return = 0.0
-        self._epoch = 0
-        obs = self.observer.reset([0], initial, np.array([self._lr]), np.array([cfg.epochs]), self._lr_range)[0]
-        self._done = False
-        info = self._info(initial)
-        self._history = [info]
-        return obs, info
+        episode = self._episode()
+        obs, infos = episode.start([0], [int(self.np_random.integers(2**31 - 1))])
+        self._history = infos
+        return obs[0], infos[0]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._done or self._engine is None:
+        episode = self._batches.get(self._task_index)
+        if episode is None or episode.done[0]:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        lr = self.actions.to_lr(np.asarray(action), np.array([self._lr]), self._lr_range)
-        stats = self._engine.run_epoch(lr)
-        self._epoch += 1
-        self._lr = float(lr[0])
-        epochs = self.tasks[self._task_index].config.epochs
-        target = np.nan if self._target is None else self._target
-        reward, reached = self._reward_fn(
-            RewardInput(
-                epoch=np.array([self._epoch]),
-                epochs=np.array([epochs]),
-                first_valid=np.array([self._first_valid]),
-                prev_valid=np.array([self._valid]),
-                valid=stats.valid_loss,
-                diverged=stats.diverged,
-                target=np.array([target], dtype=np.float64),
-                returns=np.array([self._return]),
-            ),
-            self.divergence_penalty,
-        )
-        obs = self.observer.update(stats, lr)[0]
-        self._valid = float(stats.valid_loss[0])
-        r = float(reward[0])
-        self._return += r
-        terminated = bool(stats.diverged[0] or reached[0])
-        truncated = bool(not terminated and self._epoch >= epochs)
-        self._done = terminated or truncated
-        info = self._info(stats)
-        self._history.append(info)
-        return obs, r, terminated, truncated, info
+        obs, reward, terminated, truncated, infos = episode.step(np.asarray(action, dtype=np.float64).reshape(1, -1))
+        self._history.append(infos[0])
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
 
     def render(self) -> str | np.ndarray | None:
         if self.render_mode is None:
@@ -211,8 +170,7 @@ class LREnv(gym.Env):
         return _plot_history(self._history)
 
     def close(self) -> None:
-        self._engines.clear()
-        self._engine = None
+        self._batches.clear()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -232,25 +190,15 @@ class LREnv(gym.Env):
             return names.index(options["task"])
         return int(self.np_random.integers(len(self.tasks))) if len(self.tasks) > 1 else 0
 
-    def _engine_for(self, index: int) -> Engine:
-        if index not in self._engines:
-            self._engines[index] = Engine(self.tasks[index], n_runs=1, device=self.device, dtype=self.dtype)
-        return self._engines[index]
-
-    def _info(self, stats: EpochStats) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "task": self.task.name,
-            "run_seed": self._run_seed,
-            "epoch": self._epoch,
-            "lr": self._lr,
-            "train_loss": float(stats.train_loss[0]),
-            "train_loss_std": float(stats.train_loss_std[0]),
-            "valid_loss": float(stats.valid_loss[0]),
-        }
-        for name, values in stats.metrics.items():
-            info[f"valid_{name}"] = float(values[0])
-        info["diverged"] = bool(stats.diverged[0])
-        return info
+    def _episode(self) -> EpisodeBatch:
+        """The episode bookkeeping (and engine) of the current task, created on first use."""
+        index = self._task_index
+        if index not in self._batches:
+            engine = Engine(self.tasks[index], n_runs=1, device=self.device, dtype=self.dtype)
+            self._batches[index] = EpisodeBatch(
+                engine, self.features, self.actions, self.reward_name, self.divergence_penalty, self.target_loss
+            )
+        return self._batches[index]
 
 
 def _plot_history(history: list[dict[str, Any]]) -> np.ndarray:

@@ -77,3 +77,11 @@ def get_reward(name: str) -> RewardFn:
     if name not in REWARD_FUNCTIONS:
         raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARD_FUNCTIONS)}")
     return REWARD_FUNCTIONS[name]
+
+
+def resolve_target(reward: str, target_loss: float | None, task_target: float | None, task_name: str) -> float | None:
+    """The target loss a reward uses: ``target_loss`` if given, else the task's; required by time_to_target."""
+    target = target_loss if target_loss is not None else task_target
+    if reward == "time_to_target" and target is None:
+        raise ValueError(f"reward 'time_to_target' needs a target loss; task {task_name!r} defines none: pass target_loss=")
+    return target

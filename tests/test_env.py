@@ -97,10 +97,10 @@ def test_relative_action_mode(tiny_task):
 
 def test_minimal_features(tiny_task):
     env = LREnv(tiny_task, device="cpu", features="minimal")
-    obs, _ = env.reset(seed=0)
+    obs, start = env.reset(seed=0)
     assert env.observation_space.shape == (2,) and obs.tolist() == [0.0, 0.0]
     obs, _, _, _, info = env.step(np.zeros(1, np.float32))
-    first = env._first_valid
+    first = start["valid_loss"]
     assert obs[0] == pytest.approx(1 / 5) and obs[1] == pytest.approx(np.log(info["valid_loss"] / first), abs=1e-6)
 
 
