@@ -14,6 +14,7 @@ from lrenv.env import LREnv
 from lrenv.features import FEATURE_SETS, Observer
 from lrenv.registry import list_tasks, make_task, register_task, unregister_task
 from lrenv.task import Split, Task, TaskConfig, TaskData, classification_metrics
+from lrenv.vec_env import BatchedVecEnv
 from lrenv import testing
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ import tasks as _builtin_tasks  # noqa: E402,F401  (registers the built-in tasks
 __all__ = [
     "ENV_ID",
     "ActionMapping",
+    "BatchedVecEnv",
     "Engine",
     "EpochStats",
     "FEATURE_SETS",

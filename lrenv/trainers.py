@@ -193,29 +193,29 @@ class StackedTrainer:
     def _mlp_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Forward and backward of a Linear/activation stack by hand: fewer, larger ops."""
         assert self._mlp is not None
-        h, saved = xb, []
+        h, saved = xb, []  # saved: each linear's input, each activation's output
         for op, w_i, b_i in self._mlp:
             if op == "linear":
                 saved.append(h)
                 w = self.params[w_i]
                 h = torch.baddbmm(self.params[b_i].unsqueeze(1), h, w.transpose(1, 2)) if b_i is not None else h.bmm(w.transpose(1, 2))
             else:
-                saved.append(h)
                 h = torch.relu(h) if op == "relu" else torch.tanh(h)
+                saved.append(h)
         out = h.detach().requires_grad_(True)
         losses = vmap(self.task.loss)(out, yb)
         (grad,) = torch.autograd.grad(losses.sum(), out)
         grads: list[torch.Tensor | None] = [None] * len(self.params)
-        for (op, w_i, b_i), inp in zip(reversed(self._mlp), reversed(saved)):
+        for (op, w_i, b_i), kept in zip(reversed(self._mlp), reversed(saved)):
             if op == "linear":
-                grads[w_i] = grad.transpose(1, 2).bmm(inp)
+                grads[w_i] = grad.transpose(1, 2).bmm(kept)
                 if b_i is not None:
                     grads[b_i] = grad.sum(1)
                 grad = grad.bmm(self.params[w_i])
             elif op == "relu":
-                grad = grad * (inp > 0)
+                grad = torch.ops.aten.threshold_backward(grad, kept, 0)  # one op, not (kept > 0) * grad
             else:
-                grad = grad * (1 - torch.tanh(inp) ** 2)
+                grad = torch.ops.aten.tanh_backward(grad, kept)
         return losses.detach(), grads  # type: ignore[return-value]
 
 

@@ -53,3 +53,44 @@ def tiny_task() -> TinyClassifier:
     task = TinyClassifier()
     task.name = "Tiny-v0"
     return task
+
+
+class TinyCustomModel(TinyClassifier):
+    """Same problem, but the model is a custom module: trained through vmap + autograd."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = nn.Linear(8, 16)
+            self.out = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.tanh(self.hidden(x)))
+
+    def model(self, generator: torch.Generator) -> nn.Module:
+        model = self.Net()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.uniform_(-0.3, 0.3, generator=generator)
+        return model
+
+
+class TinyGRU(TinyClassifier):
+    """A sequence model that torch.func.vmap cannot batch (nn.GRU): the loop fallback."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(2, 8, batch_first=True)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.gru(x.view(len(x), 4, 2))
+            return self.out(h[:, -1])
+
+    def model(self, generator: torch.Generator) -> nn.Module:
+        model = self.Net()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.uniform_(-0.3, 0.3, generator=generator)
+        return model
