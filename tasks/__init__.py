@@ -1,0 +1,24 @@
+"""Built-in inner tasks of lrenv, registered by name when this package is imported.
+
+============================  ===============================================================
+``NoisyQuadratic-v0``         noisy quadratic model, plain SGD; has an analytical optimal schedule
+``MNIST1D-MLP-v0``            MLP 40-100-100-10 on MNIST-1D, SGD with momentum
+``MNIST1D-CNN-v0``            small 1-D convnet on MNIST-1D, Adam
+``Digits-MLP-v0``             MLP 64-64-10 on scikit-learn's 8x8 digits, SGD with momentum
+``TextGRU-v0``                character-level GRU language model on shipped English text, Adam
+============================  ===============================================================
+
+Importing registers and does nothing else: data are generated or read on the first
+``task.data()`` call and cached in memory for the process (MNIST-1D also on disk, see
+:mod:`tasks._cache`). Nothing is ever downloaded.
+
+This package imports ``lrenv.task`` and ``lrenv.registry`` only (``lrenv/__init__.py``
+imports it at its end), never ``lrenv`` itself.
+"""
+
+from tasks import digits, mnist1d, quadratic, text  # noqa: F401  (each registers its tasks)
+
+#: The built-in task names, in the order of the table above.
+BUILTIN_TASKS = ("NoisyQuadratic-v0", "MNIST1D-MLP-v0", "MNIST1D-CNN-v0", "Digits-MLP-v0", "TextGRU-v0")
+
+__all__ = ["BUILTIN_TASKS", "digits", "mnist1d", "quadratic", "text"]
