@@ -78,6 +78,7 @@ def main() -> None:
     import torch
 
     import lrenv
+    from tasks import BUILTIN_TASKS
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,7 +86,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="episodes per (task, schedule), seeds 0..N-1")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
-    names = args.tasks or [n for n in lrenv.list_tasks() if n in BUILTIN]
+    names = args.tasks or list(BUILTIN_TASKS)
     print(f"lrenv {lrenv.__version__}: one episode per seed, {args.seeds} seed(s), device {lrenv.engine.resolve_device(args.device)}")
     header = f"{'task':<18} {'schedule':<28} {'final valid loss':>18} {'valid acc':>10} {'return':>8} {'epochs':>7} {'diverged':>9}"
     print(header)
@@ -102,20 +103,21 @@ def main() -> None:
             schedules["optimal (analytical)"] = lambda t, o=optimal: o[t]
         for label, schedule in schedules.items():
             rows = [run_episode(env, schedule, seed) for seed in range(args.seeds)]
-            loss = np.array([r["valid_loss"] for r in rows])
-            acc = np.array([r["accuracy"] for r in rows])
-            finite = loss[np.isfinite(loss)]
-            loss_text = f"{finite.mean():.4f} ± {finite.std():.4f}" if len(finite) == len(loss) else "diverged"
-            acc_text = "" if np.isnan(acc).all() else f"{np.nanmean(acc):.3f}"
+            kept = [r for r in rows if not r["diverged"]]  # a diverged run's loss is meaningless
+            loss = np.array([r["valid_loss"] for r in kept])
+            acc = np.array([r["accuracy"] for r in kept])
+            loss_text = f"{loss.mean():.4g} ± {loss.std():.2g}" if kept else "-"
+            acc_text = "" if not kept or np.isnan(acc).all() else f"{np.nanmean(acc):.3f}"
             print(
                 f"{name:<18} {label:<28} {loss_text:>18} {acc_text:>10} {np.mean([r['return'] for r in rows]):>8.3f} "
                 f"{np.mean([r['epochs'] for r in rows]):>7.1f} {sum(r['diverged'] for r in rows):>6}/{len(rows)}"
             )
         env.close()
-    print(f"done in {time.perf_counter() - start:.0f} s. Return = log(L_0 / L_T) on validation loss (-2 when diverged).")
+    print(
+        f"done in {time.perf_counter() - start:.0f} s. Final valid loss: mean ± std over the seeds that did not "
+        "diverge. Return = log(L_0 / L_T) on validation loss, -2 for a diverged run."
+    )
 
-
-BUILTIN = ("NoisyQuadratic-v0", "MNIST1D-MLP-v0", "MNIST1D-CNN-v0", "Digits-MLP-v0", "TextGRU-v0")
 
 if __name__ == "__main__":
     main()

@@ -13,12 +13,12 @@ index  name                    meaning                                          
 =====  ======================  ================================================  ===========
 0      ``progress``            epoch / epoch budget, i / T                       [0, 1]
 1      ``log_lr``              log LR in the task's LR range mapped to [-1, 1]   [-1, 1]
-2      ``train_loss``          log(train loss / train loss at epoch 0)           [-10, 10]
-3      ``valid_loss``          log(valid loss / valid loss at epoch 0)           [-10, 10]
+2      ``train_loss``          log(train loss / train loss at epoch 0)           [-20, 20]
+3      ``valid_loss``          log(valid loss / valid loss at epoch 0)           [-20, 20]
 4      ``train_loss_change``   log(train loss / previous epoch's)                [-5, 5]
 5      ``valid_loss_change``   log(valid loss / previous epoch's)                [-5, 5]
 6      ``train_loss_spread``   std / mean of the epoch's mini-batch losses       [0, 5]
-7      ``generalisation_gap``  log(valid loss / train loss)                      [-5, 5]
+7      ``generalisation_gap``  log(valid loss / train loss)                      [-20, 20]
 =====  ======================  ================================================  ===========
 
 ``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
@@ -27,7 +27,7 @@ index  name                    meaning                                          
 index  name            meaning                                     bounds
 =====  ==============  ==========================================  =========
 0      ``progress``    i / T                                       [0, 1]
-1      ``valid_loss``  ε = log(valid loss / valid loss at epoch 0)  [-10, 10]
+1      ``valid_loss``  ε = log(valid loss / valid loss at epoch 0)  [-20, 20]
 =====  ==============  ==========================================  =========
 
 At epoch 0 the changes and the spread are 0 and ``log_lr`` shows the task's ``default_lr``.
@@ -53,7 +53,7 @@ class Feature:
     high: float
 
 
-_LOSS_RATIO = 10.0
+_LOSS_RATIO = 20.0
 _CHANGE = 5.0
 
 FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
@@ -65,7 +65,7 @@ FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
         Feature("train_loss_change", -_CHANGE, _CHANGE),
         Feature("valid_loss_change", -_CHANGE, _CHANGE),
         Feature("train_loss_spread", 0.0, 5.0),
-        Feature("generalisation_gap", -_CHANGE, _CHANGE),
+        Feature("generalisation_gap", -_LOSS_RATIO, _LOSS_RATIO),
     ),
     "minimal": (
         Feature("progress", 0.0, 1.0),

@@ -108,6 +108,15 @@ def make_task(name: str | Task, **overrides: object) -> Task:
     return _configured(task, {**spec.defaults, **overrides})
 
 
+def registered_source(name: str) -> str | None:
+    """Where task ``name`` was registered from (``None`` if it is not registered by hand).
+
+    Entry points are not loaded by this call.
+    """
+    spec = _REGISTRY.get(name)
+    return spec.source if spec is not None else None
+
+
 def list_tasks() -> list[str]:
     """Names of all registered tasks, sorted."""
     _load_entry_points()

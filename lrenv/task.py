@@ -129,7 +129,10 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def data(self, seed: int = 0) -> TaskData:
-        """Return the task's data. Must not touch the network; may cache what it generates."""
+        """Return the task's data. Must not touch the network; may cache what it generates.
+
+        The returned tensors may be shared between calls (cached): treat them as read-only.
+        """
 
     @abc.abstractmethod
     def model(self, generator: torch.Generator) -> nn.Module:

@@ -7,7 +7,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import lrenv
 from lrenv import LREnv
 
-BUILTIN_TASKS = ["NoisyQuadratic-v0", "MNIST1D-MLP-v0", "MNIST1D-CNN-v0", "Digits-MLP-v0", "TextGRU-v0"]
+from tasks import BUILTIN_TASKS
 
 
 def _episode(env, actions, seed):
