@@ -47,17 +47,6 @@ class EpochStats:
     def __len__(self) -> int:
         return len(self.valid_loss)
 
-    def select(self, runs: Sequence[int] | np.ndarray) -> EpochStats:
-        """The stats of the given runs only."""
-        idx = np.asarray(runs, dtype=np.int64)
-        return EpochStats(
-            self.train_loss[idx],
-            self.train_loss_std[idx],
-            self.valid_loss[idx],
-            {k: v[idx] for k, v in self.metrics.items()},
-            self.diverged[idx],
-        )
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` or ``"auto"`` picks CUDA when available, else CPU; anything else is checked."""

@@ -106,7 +106,6 @@ class Observer:
         self.log_lr_range = np.stack([nan, nan], 1)
         self.first_train, self.first_valid = nan.copy(), nan.copy()
         self.train, self.valid = nan.copy(), nan.copy()
-        self._last = np.zeros((n, len(spec)), dtype=np.float32)
 
     def reset(
         self,
@@ -150,10 +149,6 @@ class Observer:
         self.train, self.valid = np.array(stats.train_loss, float), np.array(stats.valid_loss, float)
         return self._observe(idx, self.train, self.valid, train_change, valid_change, spread)
 
-    def observe_last(self) -> np.ndarray:
-        """The latest observation of every run, ``(N, n_features)``."""
-        return self._last.copy()
-
     def _observe(self, idx, train, valid, train_change, valid_change, spread) -> np.ndarray:
         values = {
             "progress": self.epoch[idx] / self.epochs[idx],
@@ -168,9 +163,7 @@ class Observer:
         obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
         # a diverged run's inf/nan must still give a valid observation: clamp to the bounds
         obs = np.nan_to_num(obs, nan=0.0, posinf=np.inf, neginf=-np.inf)
-        obs = np.clip(obs, self.low, self.high).astype(np.float32)
-        self._last[idx] = obs
-        return obs
+        return np.clip(obs, self.low, self.high).astype(np.float32)
 
     def _scaled_log_lr(self, idx: np.ndarray) -> np.ndarray:
         low, high = self.log_lr_range[idx, 0], self.log_lr_range[idx, 1]

@@ -159,7 +159,7 @@ class StackedTrainer:
         self.optimizer.prepare_epoch(lrs, n_batches)
         for b in range(n_batches):
             idx = perms[:, b * batch : (b + 1) * batch]
-            losses, grads = self._grads(train.x[idx], train.y[idx])
+            losses, grads = self._grads(_gather(train.x, idx), _gather(train.y, idx))
             self.optimizer.step(grads)
             losses_out[:, b] = losses
         self.optimizer.finish_epoch()
@@ -217,6 +217,11 @@ class StackedTrainer:
             else:
                 grad = torch.ops.aten.tanh_backward(grad, kept)
         return losses.detach(), grads  # type: ignore[return-value]
+
+
+def _gather(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``data[idx]`` for a 2-D index ``[N, B]``; index_select is ~5x faster than advanced indexing."""
+    return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
 
 
 def _structure_only(model: nn.Module) -> nn.Module:

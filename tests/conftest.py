@@ -14,6 +14,14 @@ torch.set_num_threads(1)
 from lrenv import Split, Task, TaskConfig, TaskData, classification_metrics  # noqa: E402
 
 
+@torch.no_grad()
+def uniform_init(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Initialise every parameter U(-0.3, 0.3) from ``generator`` only."""
+    for p in model.parameters():
+        p.uniform_(-0.3, 0.3, generator=generator)
+    return model
+
+
 class TinyClassifier(Task):
     """A 3-class problem on 8 Gaussian features: an epoch takes about a millisecond."""
 
@@ -28,11 +36,7 @@ class TinyClassifier(Task):
         return TaskData(Split(x[:400], y[:400]), Split(x[400:500], y[400:500]), Split(x[500:], y[500:]))
 
     def model(self, generator: torch.Generator) -> nn.Module:
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-        with torch.no_grad():
-            for p in model.parameters():
-                p.uniform_(-0.3, 0.3, generator=generator)
-        return model
+        return uniform_init(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)), generator)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(output, target)
@@ -68,11 +72,7 @@ class TinyCustomModel(TinyClassifier):
             return self.out(torch.tanh(self.hidden(x)))
 
     def model(self, generator: torch.Generator) -> nn.Module:
-        model = self.Net()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.uniform_(-0.3, 0.3, generator=generator)
-        return model
+        return uniform_init(self.Net(), generator)
 
 
 class TinyGRU(TinyClassifier):
@@ -89,8 +89,4 @@ class TinyGRU(TinyClassifier):
             return self.out(h[:, -1])
 
     def model(self, generator: torch.Generator) -> nn.Module:
-        model = self.Net()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.uniform_(-0.3, 0.3, generator=generator)
-        return model
+        return uniform_init(self.Net(), generator)
