@@ -175,7 +175,7 @@ def main() -> None:
                     continue
                 results.setdefault((method, n), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"\n{task_name}")
-        print(f"{'N':>5} {'method':<15}{'env-steps/s':>13}{'x plain':>9}{'x Dummy':>9}{'peak MB':>10}{'GFLOP/s':>9}{'% matmul':>9}")
+        print(f"{'N':>5} {'method':<22}{'env-steps/s':>13}{'x plain':>9}{'x Dummy':>9}{'peak MB':>10}{'GFLOP/s':>9}{'% matmul':>9}")
         for n in ns:
             best = {m: max(rs, key=lambda r: r["steps_per_s"]) for (m, nn_), rs in results.items() if nn_ == n}
             plain = best.get("plain x N", {}).get("steps_per_s")
@@ -188,7 +188,7 @@ def main() -> None:
                 note = "" if method != "BatchedVecEnv" or r["batched"] else " (loop)"
                 gf = r["gflops"]
                 print(
-                    f"{n:>5} {method + note:<15}{rate:>13.1f}{rate / plain if plain else float('nan'):>9.2f}"
+                    f"{n:>5} {method + note:<22}{rate:>13.1f}{rate / plain if plain else float('nan'):>9.2f}"
                     f"{rate / dummy if dummy else float('nan'):>9.2f}{r['peak_mb']:>10.0f}"
                     f"{gf if gf is not None else float('nan'):>9.1f}{100 * gf / peak_matmul if gf else float('nan'):>8.0f}%"
                 )

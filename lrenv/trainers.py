@@ -200,18 +200,23 @@ class StackedTrainer:
                 w = self.params[w_i]
                 h = torch.baddbmm(self.params[b_i].unsqueeze(1), h, w.transpose(1, 2)) if b_i is not None else h.bmm(w.transpose(1, 2))
             else:
-                h = torch.relu(h) if op == "relu" else torch.tanh(h)
-                saved.append(h)
+                fresh = saved[-1] is not h  # h is a linear's output nobody else holds: overwrite it
+                if op == "relu":
+                    h = h.relu_() if fresh else torch.relu(h)
+                else:
+                    h = h.tanh_() if fresh else torch.tanh(h)
+                saved.append(h)  # the backward of both needs the output only
         out = h.detach().requires_grad_(True)
         losses = vmap(self.task.loss)(out, yb)
         (grad,) = torch.autograd.grad(losses.sum(), out)
         grads: list[torch.Tensor | None] = [None] * len(self.params)
-        for (op, w_i, b_i), kept in zip(reversed(self._mlp), reversed(saved)):
+        for depth, ((op, w_i, b_i), kept) in enumerate(zip(reversed(self._mlp), reversed(saved))):
             if op == "linear":
                 grads[w_i] = grad.transpose(1, 2).bmm(kept)
                 if b_i is not None:
                     grads[b_i] = grad.sum(1)
-                grad = grad.bmm(self.params[w_i])
+                if depth < len(self._mlp) - 1:  # no gradient for the input itself
+                    grad = grad.bmm(self.params[w_i])
             elif op == "relu":
                 grad = torch.ops.aten.threshold_backward(grad, kept, 0)  # one op, not (kept > 0) * grad
             else:
