@@ -46,3 +46,14 @@ __all__ = [
     "register_task",
     "unregister_task",
 ]
+
+# Trained policies as schedulers (appended by the agents work; SB3 is imported on use only)
+from lrenv.policy import LoadedPolicy, load_policy  # noqa: E402
+from lrenv.scheduler import PolicyScheduler, load_scheduler  # noqa: E402
+
+__all__ += ["LoadedPolicy", "PolicyScheduler", "load_policy", "load_scheduler"]
+
+# Baseline schedules as policies and the fair comparison harness (appended by the evaluation work)
+from lrenv import baselines, evaluation  # noqa: E402
+
+__all__ += ["baselines", "evaluation"]
