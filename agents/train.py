@@ -375,21 +375,15 @@ class EpisodeRecorder(BaseCallback):
             self._curves[k].append((info["lr"], info["train_loss"], info["valid_loss"]))
             if not dones[k]:
                 continue
-            lrs, train, valid = (list(c) for c in zip(*self._curves[k]))
-            self._curves[k] = []
             record = {
                 "timesteps": self.num_timesteps,
                 "task": info["task"],
                 "run_seed": info["run_seed"],
                 "return": float(info["episode"]["r"]) if "episode" in info else None,
                 "epochs": info["epoch"],
-                "diverged": info["diverged"],
-                "final_valid_loss": info["valid_loss"],
-                "final_valid_accuracy": info.get("valid_accuracy"),
-                "lr": lrs,
-                "train_loss": train,
-                "valid_loss": valid,
+                **episode_summary(info, self._curves[k]),
             }
+            self._curves[k] = []
             self._file.write(json.dumps(record) + "\n")
             wrote = True
             if self.tracker is not None:
@@ -398,8 +392,8 @@ class EpisodeRecorder(BaseCallback):
                     "episode/return": record["return"],
                     "episode/epochs": record["epochs"],
                     "episode/diverged": int(record["diverged"]),
-                    "episode/final_lr": lrs[-1],
-                    "episode/mean_log10_lr": float(np.mean(np.log10(lrs))),
+                    "episode/final_lr": record["lr"][-1],
+                    "episode/mean_log10_lr": float(np.mean(np.log10(record["lr"]))),
                 }
                 if record["final_valid_accuracy"] is not None:
                     values["episode/final_valid_accuracy"] = record["final_valid_accuracy"]
@@ -444,13 +438,16 @@ def run_eval_episode(env: lrenv.LREnv, seed: int, task: str, act) -> dict[str, A
         curve.append((info["lr"], info["train_loss"], info["valid_loss"]))
         total += reward
         done = terminated or truncated
+    return {"seed": seed, "return": total, **episode_summary(info, curve)}
+
+
+def episode_summary(last_info: dict[str, Any], curve: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """Final numbers and the (lr, train loss, valid loss) curves of one finished episode."""
     lrs, train, valid = (list(c) for c in zip(*curve))
     return {
-        "seed": seed,
-        "return": total,
-        "diverged": info["diverged"],
-        "final_valid_loss": info["valid_loss"],
-        "final_valid_accuracy": info.get("valid_accuracy"),
+        "diverged": last_info["diverged"],
+        "final_valid_loss": last_info["valid_loss"],
+        "final_valid_accuracy": last_info.get("valid_accuracy"),
         "lr": lrs,
         "train_loss": train,
         "valid_loss": valid,
