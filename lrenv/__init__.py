@@ -13,7 +13,7 @@ from lrenv.engine import Engine, EpochStats
 from lrenv.env import LREnv
 from lrenv.features import FEATURE_SETS, Observer
 from lrenv.registry import list_tasks, make_task, register_task, unregister_task
-from lrenv.task import Split, Task, TaskConfig, TaskData, classification_metrics
+from lrenv.task import ClassificationTask, Split, Task, TaskConfig, TaskData, classification_metrics
 from lrenv.vec_env import BatchedVecEnv
 from lrenv import testing
 
@@ -31,6 +31,7 @@ __all__ = [
     "ENV_ID",
     "ActionMapping",
     "BatchedVecEnv",
+    "ClassificationTask",
     "Engine",
     "EpochStats",
     "FEATURE_SETS",

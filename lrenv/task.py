@@ -164,3 +164,18 @@ def with_overrides(config: TaskConfig, overrides: dict[str, object], what: str =
 def classification_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Accuracy of logits ``output`` against integer class ``target`` (helper for tasks)."""
     return {"accuracy": (output.argmax(-1) == target).to(output.dtype).mean()}
+
+
+class ClassificationTask(Task):
+    """Base of classifiers: cross-entropy loss and accuracy on logits (last dim = classes).
+
+    Works for per-position targets too (output ``(B, L, C)``, target ``(B, L)``): both
+    are averaged over every position. A subclass that keeps this :meth:`loss` gets a
+    faster loss in batched training (one flat cross-entropy for all runs, no ``vmap``).
+    """
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return classification_metrics(output, target)

@@ -23,10 +23,15 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from lrenv.optim import BatchedOptimizer
-from lrenv.task import Split, Task, TaskConfig
+from lrenv.task import ClassificationTask, Split, Task, TaskConfig
 
-#: Samples per forward pass when evaluating a split (memory bound, not a training setting).
+#: Samples per forward pass when evaluating a split (memory bound, not a training setting);
+#: a population of N runs evaluates ``EVAL_CHUNK // N`` (at least ``MIN_EVAL_CHUNK``) at a time,
+#: so that its activations stay about as large as one run's and in cache.
 EVAL_CHUNK = 4096
+MIN_EVAL_CHUNK = 256
+#: Linear layers with fewer outputs than this run as ``(W @ h^T)^T`` in the hand-written MLP.
+NARROW_OUTPUT = 16
 
 
 def make_optimizer(params: list[nn.Parameter], config: TaskConfig, lr: float) -> torch.optim.Optimizer:
@@ -89,14 +94,14 @@ class LoopTrainer:
 
 
 def _chunked_eval(
-    task: Task, forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batched: bool
+    task: Task, forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batched: bool, chunk: int = EVAL_CHUNK
 ) -> tuple[tuple[str, ...], torch.Tensor]:
     """``[loss, *metrics]`` on ``split`` (per run when ``batched``), as device values."""
     n = len(split)
     total: torch.Tensor | None = None
     names: tuple[str, ...] = ()
-    for start in range(0, n, EVAL_CHUNK):
-        xb, yb = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
+    for start in range(0, n, chunk):
+        xb, yb = split.x[start : start + chunk], split.y[start : start + chunk]
         out = forward(xb)
 
         def values(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -135,6 +140,7 @@ class StackedTrainer:
         self.optimizer = BatchedOptimizer(self.params, task.config)
         self._mlp = _mlp_plan(template) if train.x.dim() == 2 else None
         self._grads = self._mlp_grads if self._mlp is not None else self._autograd_grads
+        self._flat_cross_entropy = isinstance(task, ClassificationTask) and type(task).loss is ClassificationTask.loss
         self._vmapped_loss = vmap(self._run_loss, in_dims=(0, 0, 0))
         try:  # gradients of a few samples (nothing is updated), so failures surface here
             idx = torch.arange(min(len(train), 2), device=train.x.device).expand(n_runs, -1)
@@ -168,8 +174,11 @@ class StackedTrainer:
     def evaluate(self, split: Split, runs: Sequence[int]) -> tuple[tuple[str, ...], torch.Tensor]:
         idx = torch.as_tensor(list(runs), device=self.params[0].device)
         params = self.params if len(runs) == self.n else [p[idx] for p in self.params]
+        chunk = max(MIN_EVAL_CHUNK, EVAL_CHUNK // len(idx))
+        if self._mlp is not None:
+            return _chunked_eval(self.task, lambda xb: self._mlp_forward(xb.expand(len(idx), *xb.shape), params), split, True, chunk)
         forward = vmap(lambda ps, xb: functional_call(self.structure, dict(zip(self.names, ps)), (xb,)), in_dims=(0, None))
-        return _chunked_eval(self.task, lambda xb: forward(params, xb), split, batched=True)
+        return _chunked_eval(self.task, lambda xb: forward(params, xb), split, True, chunk)
 
     def model(self, k: int) -> nn.Module:
         """A new module holding a copy of run k's current parameters."""
@@ -190,25 +199,51 @@ class StackedTrainer:
         grads = torch.autograd.grad(losses.sum(), leaves)
         return losses.detach(), list(grads)
 
-    def _mlp_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward and backward of a Linear/activation stack by hand: fewer, larger ops."""
+    def _mlp_forward(self, x: torch.Tensor, params: Sequence[torch.Tensor], saved: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Forward of a Linear/activation stack on stacked inputs ``x`` ``[N, B, in]``.
+
+        With ``saved``, appends what the hand-written backward needs: each linear's input
+        and each activation's output.
+        """
         assert self._mlp is not None
-        h, saved = xb, []  # saved: each linear's input, each activation's output
+        h = x
         for op, w_i, b_i in self._mlp:
             if op == "linear":
-                saved.append(h)
-                w = self.params[w_i]
-                h = torch.baddbmm(self.params[b_i].unsqueeze(1), h, w.transpose(1, 2)) if b_i is not None else h.bmm(w.transpose(1, 2))
+                if saved is not None:
+                    saved.append(h)
+                w, bias = params[w_i], (params[b_i] if b_i is not None else None)
+                if w.shape[1] < NARROW_OUTPUT:  # (W @ h^T)^T: ~2-3x faster than h @ W^T for a few outputs
+                    h_t = torch.baddbmm(bias.unsqueeze(2), w, h.transpose(1, 2)) if bias is not None else w.bmm(h.transpose(1, 2))
+                    h = h_t.transpose(1, 2)
+                else:
+                    h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2)) if bias is not None else h.bmm(w.transpose(1, 2))
             else:
-                fresh = saved[-1] is not h  # h is a linear's output nobody else holds: overwrite it
+                fresh = saved is None or saved[-1] is not h  # a linear's output nobody else holds: overwrite it
                 if op == "relu":
                     h = h.relu_() if fresh else torch.relu(h)
                 else:
                     h = h.tanh_() if fresh else torch.tanh(h)
-                saved.append(h)  # the backward of both needs the output only
-        out = h.detach().requires_grad_(True)
-        losses = vmap(self.task.loss)(out, yb)
+                if saved is not None:
+                    saved.append(h)  # the backward of both needs the output only
+        return h.contiguous()  # after a narrow layer h is a transposed view; its gradient must not be
+
+    def _losses_and_output_grad(self, out: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-run losses ``[N]`` and their gradient with respect to ``out``."""
+        out = out.detach().requires_grad_(True)
+        if self._flat_cross_entropy:  # one cross-entropy over all runs: ~2.5x faster than vmap's
+            n_runs, n_samples = yb.shape[0], yb[0].numel()
+            per_sample = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
+            losses = per_sample.view(n_runs, n_samples).mean(1)
+        else:
+            losses = vmap(self.task.loss)(out, yb)
         (grad,) = torch.autograd.grad(losses.sum(), out)
+        return losses.detach(), grad
+
+    def _mlp_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward and backward of a Linear/activation stack by hand: fewer, larger ops."""
+        assert self._mlp is not None
+        saved: list[torch.Tensor] = []
+        losses, grad = self._losses_and_output_grad(self._mlp_forward(xb, self.params, saved), yb)
         grads: list[torch.Tensor | None] = [None] * len(self.params)
         for depth, ((op, w_i, b_i), kept) in enumerate(zip(reversed(self._mlp), reversed(saved))):
             if op == "linear":
@@ -217,11 +252,11 @@ class StackedTrainer:
                     grads[b_i] = grad.sum(1)
                 if depth < len(self._mlp) - 1:  # no gradient for the input itself
                     grad = grad.bmm(self.params[w_i])
-            elif op == "relu":
-                grad = torch.ops.aten.threshold_backward(grad, kept, 0)  # one op, not (kept > 0) * grad
+            elif op == "relu":  # in place: grad is ours alone
+                grad = torch.ops.aten.threshold_backward.grad_input(grad, kept, 0, grad_input=grad)
             else:
                 grad = torch.ops.aten.tanh_backward(grad, kept)
-        return losses.detach(), grads  # type: ignore[return-value]
+        return losses, grads  # type: ignore[return-value]
 
 
 def _gather(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lrenv.registry import register_task, registered_source
-from lrenv.task import Task, classification_metrics
+from lrenv.task import ClassificationTask, Task  # noqa: F401  (the built-in classifiers import ClassificationTask from here)
 
 
 def register(name: str, factory: type[Task]) -> None:
@@ -94,17 +94,3 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     std = train.std(0)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
     return [((t.double() - mean) / std).float().contiguous() for t in (train, *others)]
-
-
-class ClassificationTask(Task):
-    """Base of classifiers: cross-entropy loss and accuracy on logits (last dim = classes).
-
-    Works for per-position targets too (output ``(B, L, C)``, target ``(B, L)``): both
-    are averaged over every position.
-    """
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
-
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        return classification_metrics(output, target)

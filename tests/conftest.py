@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 
 torch.set_num_threads(1)
 
-from lrenv import Split, Task, TaskConfig, TaskData, classification_metrics  # noqa: E402
+from lrenv import ClassificationTask, Split, Task, TaskConfig, TaskData, classification_metrics  # noqa: E402
 
 
 @torch.no_grad()
@@ -43,6 +43,20 @@ class TinyClassifier(Task):
 
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         return classification_metrics(output, target)
+
+
+class TinyDeepClassifier(ClassificationTask):
+    """TinyClassifier's problem with the built-in cross-entropy and a deeper Tanh/ReLU stack.
+
+    Its 16-wide and 3-wide linear layers take both forward layouts of the hand-written MLP.
+    """
+
+    default_config = TinyClassifier.default_config
+    data = TinyClassifier.data
+
+    def model(self, generator: torch.Generator) -> nn.Module:
+        layers = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        return uniform_init(layers, generator)
 
 
 @pytest.fixture(autouse=True)

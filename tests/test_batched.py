@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TinyClassifier, TinyCustomModel, TinyGRU
+from conftest import TinyClassifier, TinyCustomModel, TinyDeepClassifier, TinyGRU
 
 from lrenv import Engine
 
@@ -27,13 +27,20 @@ def _population_and_alone(task, lrs):
     return population, together, alone
 
 
-@pytest.mark.parametrize("task_class", [TinyClassifier, TinyCustomModel], ids=["hand-written MLP", "vmap autograd"])
+@pytest.mark.parametrize(
+    "task_class",
+    [TinyClassifier, TinyDeepClassifier, TinyCustomModel],
+    ids=["hand-written MLP", "hand-written MLP, flat cross-entropy", "vmap autograd"],
+)
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
 def test_batched_runs_equal_runs_alone(task_class, optimizer):
     scale = 0.01 if optimizer.startswith("adam") else 1.0
     task = task_class(optimizer=optimizer, weight_decay=0.01, default_lr=0.1 * scale)
     population, together, alone = _population_and_alone(task, LRS * scale)
     assert population.batched
+    trainer = population.trainer
+    assert (trainer._mlp is not None) == (task_class is not TinyCustomModel)
+    assert trainer._flat_cross_entropy == (task_class is TinyDeepClassifier)
     for k, (stats, model) in enumerate(alone):
         assert together.valid_loss[k] == pytest.approx(stats.valid_loss[0], rel=1e-5)
         assert together.train_loss[k] == pytest.approx(stats.train_loss[0], rel=1e-5)
