@@ -78,7 +78,9 @@ class Engine:
         batched: Train the N runs as one stacked computation (``None``: when N > 1 and the
             model allows it; ``False``: always a loop of modules). A model that cannot be
             stacked (buffers such as BatchNorm, dropout, ops without a vmap rule such as
-            ``nn.GRU``) falls back to the loop with a one-line warning.
+            ``nn.LSTM``) falls back to the loop with a one-line warning. ``nn.GRU`` is
+            stacked through an unrolled stand-in (:mod:`lrenv.stand_ins`) on CUDA or when
+            ``batched=True``; on a CPU its fused loop is as fast, so ``None`` loops there.
 
     Runs start untrained; call :meth:`reset` before :meth:`run_epoch`. Run k of a
     population trains exactly as run k alone with the matching torch optimizer.
@@ -118,7 +120,9 @@ class Engine:
         if batched is False or (batched is None and self.n_runs == 1):
             return LoopTrainer(self.task, self.n_runs), None
         try:
-            return StackedTrainer(self.task, self.n_runs, self._new_model(0), self.train), None
+            # an unrolled GRU pays on a GPU; on a CPU the fused module in a loop is as fast
+            unroll = batched is True or self.device.type == "cuda"
+            return StackedTrainer(self.task, self.n_runs, self._new_model(0), self.train, unroll_recurrent=unroll), None
         except NotBatchable as exc:
             reason = str(exc)
         warnings.warn(

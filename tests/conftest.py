@@ -90,17 +90,25 @@ class TinyCustomModel(TinyClassifier):
 
 
 class TinyGRU(TinyClassifier):
-    """A sequence model that torch.func.vmap cannot batch (nn.GRU): the loop fallback."""
+    """A two-layer GRU sequence model: batched through the engine's unrolled stand-in for nn.GRU."""
+
+    rnn_type = nn.GRU
 
     class Net(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, rnn_type: type[nn.RNNBase]) -> None:
             super().__init__()
-            self.gru = nn.GRU(2, 8, batch_first=True)
+            self.rnn = rnn_type(2, 8, num_layers=2, batch_first=True)
             self.out = nn.Linear(8, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h, _ = self.gru(x.view(len(x), 4, 2))
+            h, _ = self.rnn(x.view(len(x), 4, 2))
             return self.out(h[:, -1])
 
     def model(self, generator: torch.Generator) -> nn.Module:
-        return uniform_init(self.Net(), generator)
+        return uniform_init(self.Net(self.rnn_type), generator)
+
+
+class TinyLSTM(TinyGRU):
+    """The same with nn.LSTM, which torch.func.vmap cannot batch: the loop fallback."""
+
+    rnn_type = nn.LSTM

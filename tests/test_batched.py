@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TinyClassifier, TinyCustomModel, TinyDeepClassifier, TinyGRU
+from conftest import TinyClassifier, TinyCustomModel, TinyDeepClassifier, TinyGRU, TinyLSTM
 
 from lrenv import Engine
 
@@ -13,7 +13,7 @@ LRS = np.array([[0.2, 0.05, 0.02, 0.1], [0.03, 0.1, 0.01, 0.05], [0.01, 0.01, 0.
 
 
 def _population_and_alone(task, lrs):
-    population = Engine(task, n_runs=len(SEEDS), device="cpu")
+    population = Engine(task, n_runs=len(SEEDS), device="cpu", batched=True)
     population.reset(SEEDS)
     for epoch_lrs in lrs:
         together = population.run_epoch(epoch_lrs)
@@ -29,8 +29,8 @@ def _population_and_alone(task, lrs):
 
 @pytest.mark.parametrize(
     "task_class",
-    [TinyClassifier, TinyDeepClassifier, TinyCustomModel],
-    ids=["hand-written MLP", "hand-written MLP, flat cross-entropy", "vmap autograd"],
+    [TinyClassifier, TinyDeepClassifier, TinyCustomModel, TinyGRU],
+    ids=["hand-written MLP", "hand-written MLP, flat cross-entropy", "vmap autograd", "vmap autograd, unrolled GRU"],
 )
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
 def test_batched_runs_equal_runs_alone(task_class, optimizer):
@@ -39,7 +39,7 @@ def test_batched_runs_equal_runs_alone(task_class, optimizer):
     population, together, alone = _population_and_alone(task, LRS * scale)
     assert population.batched
     trainer = population.trainer
-    assert (trainer._mlp is not None) == (task_class is not TinyCustomModel)
+    assert (trainer._mlp is not None) == (task_class in (TinyClassifier, TinyDeepClassifier))
     assert trainer._flat_cross_entropy == (task_class is TinyDeepClassifier)
     for k, (stats, model) in enumerate(alone):
         assert together.valid_loss[k] == pytest.approx(stats.valid_loss[0], rel=1e-5)
@@ -53,10 +53,17 @@ def test_batched_runs_equal_runs_alone(task_class, optimizer):
 
 def test_unbatchable_model_falls_back_to_a_loop_with_a_notice():
     with pytest.warns(UserWarning, match="cannot be batched .*training its 4 runs in a loop"):
-        population, together, alone = _population_and_alone(TinyGRU(), LRS)
+        population, together, alone = _population_and_alone(TinyLSTM(), LRS)
     assert not population.batched and population.fallback_reason
     for k, (stats, _) in enumerate(alone):
         assert together.valid_loss[k] == pytest.approx(stats.valid_loss[0], rel=1e-6)
+
+
+def test_recurrent_models_loop_on_a_cpu_unless_batched_is_asked_for():
+    with pytest.warns(UserWarning, match="recurrent modules are stacked only on CUDA or with batched=True"):
+        default = Engine(TinyGRU(), n_runs=2, device="cpu")
+    assert not default.batched
+    assert Engine(TinyGRU(), n_runs=2, device="cpu", batched=True).batched
 
 
 def test_a_diverging_run_is_reset_alone():
