@@ -10,8 +10,8 @@ About 5–10 minutes on a 2-core CPU. Usage::
 
     python -m agents.demo [--task MNIST1D-MLP-v0] [--timesteps N] [--out runs/demo]
 
-The evaluation here uses a smaller tuning grid than ``python -m agents.evaluate``'s default
-(``--trials 4 --tune-seeds 3``) to fit the quickstart's time; run that command for the full one.
+The evaluation follows ``python -m agents.evaluate``'s full protocol (6 trials per baseline
+on 5 tuning seeds, 10 evaluation seeds) on the training task.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         train_argv += ["--timesteps", str(args.timesteps)]
     run_dir = train.main(train_argv)
     print(f"== 2/2 comparing it with tuned baselines on {args.task} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-    evaluate.main(["--tasks", args.task, "--runs", str(run_dir), "--trials", "4", "--tune-seeds", "3", "--out", args.out])
+    evaluate.main(["--tasks", args.task, "--runs", str(run_dir), "--out", args.out])
     out = Path(args.out)
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Trained run: {run_dir}")
     print(f"Comparison: {out / 'results.md'}, {out / 'summary.csv'}, plots in {out / 'plots'}")
