@@ -8,18 +8,20 @@ from conftest import TinyClassifier, TinyCustomModel, TinyDeepClassifier, TinyGR
 from lrenv import Engine
 
 SEEDS = [3, 4, 5, 6]
+#: The equivalence also runs on CUDA where there is one (issue 3's GPU check).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # per run (columns) and per epoch (rows)
 LRS = np.array([[0.2, 0.05, 0.02, 0.1], [0.03, 0.1, 0.01, 0.05], [0.01, 0.01, 0.05, 0.02]])
 
 
-def _population_and_alone(task, lrs):
-    population = Engine(task, n_runs=len(SEEDS), device="cpu", batched=True)
+def _population_and_alone(task, lrs, device="cpu"):
+    population = Engine(task, n_runs=len(SEEDS), device=device, batched=True)
     population.reset(SEEDS)
     for epoch_lrs in lrs:
         together = population.run_epoch(epoch_lrs)
     alone = []
     for k, seed in enumerate(SEEDS):
-        single = Engine(task, n_runs=1, device="cpu")
+        single = Engine(task, n_runs=1, device=device)
         single.reset([seed])
         for epoch_lrs in lrs:
             stats = single.run_epoch(epoch_lrs[k : k + 1])
@@ -33,10 +35,11 @@ def _population_and_alone(task, lrs):
     ids=["hand-written MLP", "hand-written MLP, flat cross-entropy", "vmap autograd", "vmap autograd, unrolled GRU"],
 )
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
-def test_batched_runs_equal_runs_alone(task_class, optimizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_runs_equal_runs_alone(task_class, optimizer, device):
     scale = 0.01 if optimizer.startswith("adam") else 1.0
     task = task_class(optimizer=optimizer, weight_decay=0.01, default_lr=0.1 * scale)
-    population, together, alone = _population_and_alone(task, LRS * scale)
+    population, together, alone = _population_and_alone(task, LRS * scale, device)
     assert population.batched
     trainer = population.trainer
     assert (trainer._mlp is not None) == (task_class in (TinyClassifier, TinyDeepClassifier))
