@@ -28,8 +28,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: parallelism comes from processes and batching
 
-import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -41,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.cli import dataclass_parser
 from lrenv.baselines import BASELINES
 from lrenv.evaluation import (
     DEFAULT_EVAL_SEEDS,
@@ -83,17 +82,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(prog="python -m agents.evaluate", description=__doc__.split("\n\n")[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
-        if f.type == "bool":
-            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_text)
-        elif f.type.startswith("list"):
-            parser.add_argument(flag, nargs="+", default=f.default_factory(), help=help_text)  # type: ignore[misc]
-        else:
-            kind = {"int | None": int, "int": int}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+    parser = dataclass_parser(Args, "python -m agents.evaluate", __doc__.split("\n\n")[0])
     return Args(**vars(parser.parse_args(argv)))
 
 

@@ -52,6 +52,7 @@ from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckA
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, VecNormalize
 
+from agents.cli import dataclass_parser
 import lrenv
 from lrenv.policy import ALGORITHMS, CONFIG_FILE, MODEL_FILE, NORMALIZATION_FILE, LoadedPolicy, ObsNormalization, algorithm_class, load_policy
 
@@ -78,12 +79,12 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU
 @dataclass
 class Args:
     algo: str | None = field(default=None, metadata={"help": f"algorithm: {', '.join(ALGORITHMS)} (default: the config file's, else ppo)"})
-    task: list[str] = field(default_factory=lambda: ["MNIST1D-MLP-v0"], metadata={"help": "one task name, or several for one multi-task policy"})
+    task: list[str] = field(default_factory=lambda: ["MNIST1D-MLP-v0"], metadata={"metavar": "TASK", "help": "one task name, or several for one multi-task policy"})
     timesteps: int | None = field(default=None, metadata={"help": "total agent steps (inner epochs over all envs); default: the config's"})
     seed: int = field(default=0, metadata={"help": "seed of the agent and the envs"})
     n_envs: int | None = field(default=None, metadata={"help": "parallel envs; default: the config's"})
     config: str | None = field(default=None, metadata={"metavar": "FILE", "help": "a YAML/JSON config file to use instead of agents/configs/<algo>.yaml"})
-    set: list[str] = field(default_factory=list, metadata={"help": "override config keys: KEY=VALUE ... (dotted keys, YAML values)"})
+    set: list[str] = field(default_factory=list, metadata={"metavar": "KEY=VALUE", "help": "override config keys: KEY=VALUE ... (dotted keys, YAML values)"})
     runs_dir: str = field(default="runs", metadata={"metavar": "DIR", "help": "parent folder of the run folders"})
     resume: str | None = field(default=None, metadata={"metavar": "RUN_DIR", "help": "continue the run in this folder from its last checkpoint"})
     checkpoint_freq: int | None = field(default=None, metadata={"help": "timesteps between checkpoints; default: the config's"})
@@ -98,17 +99,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Args, argparse.ArgumentParser]:
-    parser = argparse.ArgumentParser(prog="python -m agents.train", description=__doc__.split("\n\n")[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
-        if f.type == "bool":
-            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_text)
-        elif f.name in ("task", "set"):
-            parser.add_argument(flag, nargs="+", default=f.default_factory(), metavar="TASK" if f.name == "task" else "KEY=VALUE", help=help_text)
-        else:
-            kind = {"int | None": int, "int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, metavar=f.metadata.get("metavar"), help=help_text)
+    parser = dataclass_parser(Args, "python -m agents.train", __doc__.split("\n\n")[0])
     return Args(**vars(parser.parse_args(argv))), parser
 
 

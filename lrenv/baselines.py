@@ -78,7 +78,7 @@ from torch import nn
 from lrenv.actions import ActionMapping
 from lrenv.engine import Engine
 from lrenv.features import FEATURE_SETS
-from lrenv.task import Split, Task, TaskConfig
+from lrenv.task import Split, TaskConfig
 from lrenv.trainers import LoopTrainer
 
 #: ReduceLROnPlateau's factor (its patience is tuned) and the bold driver's factors.
@@ -678,17 +678,7 @@ class ScheduleFreeTrainer(LoopTrainer):
 
 
 class ScheduleFreeEngine(Engine):
-    """An :class:`~lrenv.engine.Engine` whose runs train with Schedule-Free optimizers (loop only)."""
-
-    def __init__(
-        self,
-        task: Task,
-        n_runs: int = 1,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-        batched: bool | None = None,
-    ) -> None:
-        super().__init__(task, n_runs, device, dtype, batched=False)
+    """An :class:`~lrenv.engine.Engine` whose runs train with Schedule-Free optimizers (loop only, whatever ``batched`` says)."""
 
     def _pick_trainer(self, batched: bool | None) -> tuple[Any, str | None]:
         return ScheduleFreeTrainer(self.task, self.n_runs), "Schedule-Free optimizers train in a loop"

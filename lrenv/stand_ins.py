@@ -38,8 +38,8 @@ class UnrolledGRU(nn.Module):
 
     def __init__(self, gru: nn.GRU) -> None:
         super().__init__()
-        if type(gru) is not nn.GRU or not supports(gru):
-            raise ValueError("UnrolledGRU covers unidirectional GRUs without dropout and projections")
+        if not unrollable_gru(gru):
+            raise ValueError("UnrolledGRU covers nn.GRU, unidirectional and without dropout")
         self.num_layers, self.hidden_size, self.batch_first, self.bias = gru.num_layers, gru.hidden_size, gru.batch_first, gru.bias
         for name, p in gru.named_parameters(recurse=False):
             self.register_parameter(name, p)
@@ -102,11 +102,14 @@ class FlatLinear(nn.Module):
         return _linear(x, self.weight, self.bias)
 
 
+def unrollable_gru(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.GRU`` that :class:`UnrolledGRU` can stand in for."""
+    return type(module) is nn.GRU and not module.bidirectional and module.dropout == 0
+
+
 def supports(module: nn.Module) -> bool:
     """Whether :func:`vmappable` has a stand-in for ``module``."""
-    if type(module) is nn.Linear:
-        return True
-    return type(module) is nn.GRU and not module.bidirectional and module.dropout == 0 and getattr(module, "proj_size", 0) == 0
+    return type(module) is nn.Linear or unrollable_gru(module)
 
 
 def stand_in(module: nn.Module) -> nn.Module:

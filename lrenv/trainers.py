@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from lrenv.optim import BatchedOptimizer
-from lrenv.stand_ins import vmappable
+from lrenv.stand_ins import unrollable_gru, vmappable
 from lrenv.task import ClassificationTask, Split, Task, TaskConfig
 
 #: Samples per forward pass when evaluating a split (memory bound, not a training setting);
@@ -133,8 +133,8 @@ class StackedTrainer:
             population of 32 runs measured no faster than the fused module in a loop.
 
     Raises:
-        NotBatchable: the model has buffers (e.g. BatchNorm), dropout, a recurrent module
-            that is not unrolled, or fails under vmap.
+        NotBatchable: the model has buffers (e.g. BatchNorm), dropout, an ``nn.GRU`` that
+            is not to be unrolled, or fails under vmap.
     """
 
     def __init__(self, task: Task, n_runs: int, template: nn.Module, train: Split, unroll_recurrent: bool = True) -> None:
@@ -144,7 +144,7 @@ class StackedTrainer:
             raise NotBatchable("the model has buffers (e.g. BatchNorm running statistics)")
         if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in template.modules()):
             raise NotBatchable("the model uses dropout, whose random masks differ from a lone run's")
-        if not unroll_recurrent and any(isinstance(m, nn.RNNBase) for m in template.modules()):
+        if not unroll_recurrent and any(unrollable_gru(m) for m in template.modules()):
             raise NotBatchable("recurrent modules are stacked only on CUDA or with batched=True")
         self.names = [name for name, _ in template.named_parameters()]
         self.params = [p.detach().unsqueeze(0).repeat(n_runs, *([1] * p.dim())).contiguous() for p in template.parameters()]
@@ -191,7 +191,7 @@ class StackedTrainer:
         chunk = max(MIN_EVAL_CHUNK, EVAL_CHUNK // len(idx))
         if self._mlp is not None:
             return _chunked_eval(self.task, lambda xb: self._mlp_forward(xb.expand(len(idx), *xb.shape), params), split, True, chunk)
-        forward = vmap(lambda ps, xb: functional_call(self.structure, dict(zip(self.names, ps)), (xb,)), in_dims=(0, None))
+        forward = vmap(self._run_output, in_dims=(0, None))
         return _chunked_eval(self.task, lambda xb: forward(params, xb), split, True, chunk)
 
     def model(self, k: int) -> nn.Module:

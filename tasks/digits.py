@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrenv.task import Split, TaskConfig, TaskData
+from lrenv.task import ClassificationTask, Split, TaskConfig, TaskData
 
-from tasks._common import ClassificationTask, register, seeded_module, standardise
+from tasks._common import register, seeded_module, standardise
 
 N_TRAIN, N_VALID = 1197, 300
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrenv.task import Split, TaskConfig, TaskData
+from lrenv.task import ClassificationTask, Split, TaskConfig, TaskData
 
 from tasks._cache import cached_arrays
-from tasks._common import ClassificationTask, register, seeded_module, standardise
+from tasks._common import register, seeded_module, standardise
 
 #: Cache file; bump the version when the generator's arguments or the stored arrays change.
 CACHE_FILE = "mnist1d-v1.npz"

@@ -25,9 +25,9 @@ from importlib import resources
 import torch
 from torch import nn
 
-from lrenv.task import Split, TaskConfig, TaskData
+from lrenv.task import ClassificationTask, Split, TaskConfig, TaskData
 
-from tasks._common import ClassificationTask, register, seeded_module
+from tasks._common import register, seeded_module
 
 DATA_FILE = "pydoc_topics.txt"
 SEQ_LEN = 64
