@@ -78,9 +78,12 @@ class Engine:
         batched: Train the N runs as one stacked computation (``None``: when N > 1 and the
             model allows it; ``False``: always a loop of modules). A model that cannot be
             stacked (buffers such as BatchNorm, dropout, ops without a vmap rule such as
-            ``nn.LSTM``) falls back to the loop with a one-line warning. ``nn.GRU`` is
-            stacked through an unrolled stand-in (:mod:`lrenv.stand_ins`) on CUDA or when
-            ``batched=True``; on a CPU its fused loop is as fast, so ``None`` loops there.
+            ``nn.LSTM``) falls back to the loop with a one-line warning. A model that is a
+            chain of Linear, Conv1d, Embedding, GRU and activation layers trains through a
+            hand-written stacked backward (:mod:`lrenv.stacked_layers`) on any device. Any
+            other model with an ``nn.GRU`` is stacked through an unrolled stand-in
+            (:mod:`lrenv.stand_ins`) on CUDA or when ``batched=True``; on a CPU that is no
+            faster than the fused module in a loop, so ``None`` loops there.
 
     Runs start untrained; call :meth:`reset` before :meth:`run_epoch`. Run k of a
     population trains exactly as run k alone with the matching torch optimizer.
@@ -120,7 +123,7 @@ class Engine:
         if batched is False or (batched is None and self.n_runs == 1):
             return LoopTrainer(self.task, self.n_runs), None
         try:
-            # an unrolled GRU pays on a GPU; on a CPU the fused module in a loop is as fast
+            # a GRU outside a chain vmaps only unrolled: that pays on a GPU; on a CPU the fused module in a loop is as fast
             unroll = batched is True or self.device.type == "cuda"
             return StackedTrainer(self.task, self.n_runs, self._new_model(0), self.train, unroll_recurrent=unroll), None
         except NotBatchable as exc:

@@ -474,7 +474,7 @@ def _worker_run(job: Job) -> list[dict[str, Any]]:
 
 #: The modules whose code decides what an episode does (the data path); cached results are
 #: keyed by their source, so an edit to any of them recomputes everything.
-DATA_PATH_MODULES = ("actions", "baselines", "engine", "env", "episodes", "features", "optim", "registry", "rewards", "stand_ins", "task", "trainers")
+DATA_PATH_MODULES = ("actions", "baselines", "engine", "env", "episodes", "features", "optim", "registry", "rewards", "stacked_layers", "stand_ins", "task", "trainers")
 
 
 def _source_digest() -> str:

@@ -3,8 +3,10 @@
 :class:`LoopTrainer` keeps one ``nn.Module`` and torch optimizer per run and trains them one
 after another: it works for every task. :class:`StackedTrainer` stacks the N runs'
 parameters along a new first dimension and trains them as one computation
-(``torch.func.functional_call`` under ``vmap``, gradients by autograd, or by a hand-written
-backward for plain MLPs, which is ~1.5x faster on a CPU), with :class:`~lrenv.optim.BatchedOptimizer`.
+(``torch.func.functional_call`` under ``vmap``, gradients by autograd, or, for Sequentials of
+Linear/Conv1d/activation layers, by the hand-written backward of
+:class:`~lrenv.stacked_layers.StackedSequential`, several times faster on a CPU), with
+:class:`~lrenv.optim.BatchedOptimizer`.
 Both produce, for run k, what run k trained alone with the matching torch optimizer
 produces (up to float rounding).
 
@@ -23,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from lrenv.optim import BatchedOptimizer
+from lrenv.stacked_layers import StackedSequential
 from lrenv.stand_ins import unrollable_gru, vmappable
 from lrenv.task import ClassificationTask, Split, Task, TaskConfig
 
@@ -31,8 +34,6 @@ from lrenv.task import ClassificationTask, Split, Task, TaskConfig
 #: so that its activations stay about as large as one run's and in cache.
 EVAL_CHUNK = 4096
 MIN_EVAL_CHUNK = 256
-#: Linear layers with fewer outputs than this run as ``(W @ h^T)^T`` in the hand-written MLP.
-NARROW_OUTPUT = 16
 
 
 def make_optimizer(params: list[nn.Parameter], config: TaskConfig, lr: float) -> torch.optim.Optimizer:
@@ -128,13 +129,14 @@ class StackedTrainer:
         n_runs: Population size N.
         template: A model of the task (its structure; its parameter values are not used).
         train: The train split (a few samples run through the model as a check).
-        unroll_recurrent: Stack ``nn.GRU`` through its unrolled stand-in
-            (:mod:`lrenv.stand_ins`). Worth it on a GPU; on a CPU the stand-in of a
-            population of 32 runs measured no faster than the fused module in a loop.
+        unroll_recurrent: Stack an ``nn.GRU`` that the hand-written backward does not cover
+            through its unrolled stand-in (:mod:`lrenv.stand_ins`). Worth it on a GPU; on a
+            CPU the stand-in of a population of 32 runs measured no faster than the fused
+            module in a loop.
 
     Raises:
         NotBatchable: the model has buffers (e.g. BatchNorm), dropout, an ``nn.GRU`` that
-            is not to be unrolled, or fails under vmap.
+            is neither covered nor to be unrolled, or fails under vmap.
     """
 
     def __init__(self, task: Task, n_runs: int, template: nn.Module, train: Split, unroll_recurrent: bool = True) -> None:
@@ -144,18 +146,18 @@ class StackedTrainer:
             raise NotBatchable("the model has buffers (e.g. BatchNorm running statistics)")
         if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in template.modules()):
             raise NotBatchable("the model uses dropout, whose random masks differ from a lone run's")
-        if not unroll_recurrent and any(unrollable_gru(m) for m in template.modules()):
-            raise NotBatchable("recurrent modules are stacked only on CUDA or with batched=True")
         self.names = [name for name, _ in template.named_parameters()]
         self.params = [p.detach().unsqueeze(0).repeat(n_runs, *([1] * p.dim())).contiguous() for p in template.parameters()]
         self.template = template
         self.structure = _structure_only(template)
         self.optimizer = BatchedOptimizer(self.params, task.config)
-        self._mlp = _mlp_plan(template) if train.x.dim() == 2 else None
-        self._grads = self._mlp_grads if self._mlp is not None else self._autograd_grads
         self._flat_cross_entropy = isinstance(task, ClassificationTask) and type(task).loss is ClassificationTask.loss
         self._vmapped_loss = vmap(self._run_loss, in_dims=(0, 0, 0))
         self._vmapped_output = vmap(self._run_output, in_dims=(0, 0))
+        self._layers = self._hand_written_plan(train)
+        if self._layers is None and not unroll_recurrent and any(unrollable_gru(m) for m in template.modules()):
+            raise NotBatchable("recurrent modules are stacked only on CUDA or with batched=True")
+        self._grads = self._layer_grads if self._layers is not None else self._autograd_grads
         try:  # gradients of a few samples (nothing is updated), so failures surface here
             idx = torch.arange(min(len(train), 2), device=train.x.device).expand(n_runs, -1)
             _, grads = self._grads(train.x[idx], train.y[idx])
@@ -189,8 +191,9 @@ class StackedTrainer:
         idx = torch.as_tensor(list(runs), device=self.params[0].device)
         params = self.params if len(runs) == self.n else [p[idx] for p in self.params]
         chunk = max(MIN_EVAL_CHUNK, EVAL_CHUNK // len(idx))
-        if self._mlp is not None:
-            return _chunked_eval(self.task, lambda xb: self._mlp_forward(xb.expand(len(idx), *xb.shape), params), split, True, chunk)
+        if self._layers is not None:
+            layers = self._layers
+            return _chunked_eval(self.task, lambda xb: layers.forward(xb.expand(len(idx), *xb.shape), params), split, True, chunk)
         forward = vmap(self._run_output, in_dims=(0, None))
         return _chunked_eval(self.task, lambda xb: forward(params, xb), split, True, chunk)
 
@@ -219,34 +222,6 @@ class StackedTrainer:
         grads = torch.autograd.grad(losses.sum(), leaves)
         return losses.detach(), list(grads)
 
-    def _mlp_forward(self, x: torch.Tensor, params: Sequence[torch.Tensor], saved: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Forward of a Linear/activation stack on stacked inputs ``x`` ``[N, B, in]``.
-
-        With ``saved``, appends what the hand-written backward needs: each linear's input
-        and each activation's output.
-        """
-        assert self._mlp is not None
-        h = x
-        for op, w_i, b_i in self._mlp:
-            if op == "linear":
-                if saved is not None:
-                    saved.append(h)
-                w, bias = params[w_i], (params[b_i] if b_i is not None else None)
-                if w.shape[1] < NARROW_OUTPUT:  # (W @ h^T)^T: ~2-3x faster than h @ W^T for a few outputs
-                    h_t = torch.baddbmm(bias.unsqueeze(2), w, h.transpose(1, 2)) if bias is not None else w.bmm(h.transpose(1, 2))
-                    h = h_t.transpose(1, 2)
-                else:
-                    h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2)) if bias is not None else h.bmm(w.transpose(1, 2))
-            else:
-                fresh = saved is None or saved[-1] is not h  # a linear's output nobody else holds: overwrite it
-                if op == "relu":
-                    h = h.relu_() if fresh else torch.relu(h)
-                else:
-                    h = h.tanh_() if fresh else torch.tanh(h)
-                if saved is not None:
-                    saved.append(h)  # the backward of both needs the output only
-        return h.contiguous()  # after a narrow layer h is a transposed view; its gradient must not be
-
     def _losses_and_output_grad(self, out: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-run losses ``[N]`` and their gradient with respect to ``out``."""
         out = out.detach().requires_grad_(True)
@@ -261,24 +236,31 @@ class StackedTrainer:
         per_sample = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
         return per_sample.view(n_runs, n_samples).mean(1)
 
-    def _mlp_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward and backward of a Linear/activation stack by hand: fewer, larger ops."""
-        assert self._mlp is not None
-        saved: list[torch.Tensor] = []
-        losses, grad = self._losses_and_output_grad(self._mlp_forward(xb, self.params, saved), yb)
-        grads: list[torch.Tensor | None] = [None] * len(self.params)
-        for depth, ((op, w_i, b_i), kept) in enumerate(zip(reversed(self._mlp), reversed(saved))):
-            if op == "linear":
-                grads[w_i] = grad.transpose(1, 2).bmm(kept)
-                if b_i is not None:
-                    grads[b_i] = grad.sum(1)
-                if depth < len(self._mlp) - 1:  # no gradient for the input itself
-                    grad = grad.bmm(self.params[w_i])
-            elif op == "relu":  # in place: grad is ours alone
-                grad = torch.ops.aten.threshold_backward.grad_input(grad, kept, 0, grad_input=grad)
-            else:
-                grad = torch.ops.aten.tanh_backward(grad, kept)
-        return losses, grads  # type: ignore[return-value]
+    def _layer_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward and backward of a Linear/Conv1d/activation stack by hand: fewer, larger ops."""
+        assert self._layers is not None
+        saved: list = []
+        losses, grad = self._losses_and_output_grad(self._layers.forward(xb, self.params, saved), yb)
+        return losses, self._layers.backward(grad, self.params, saved)
+
+    def _hand_written_plan(self, train: Split) -> StackedSequential | None:
+        """The model's :class:`StackedSequential` if it covers the model on this data, else ``None``.
+
+        Covering the layer types is not enough (a Linear on sequence inputs is not planned
+        for): the plan's output on a few samples must equal the vmap path's.
+        """
+        layers = StackedSequential.of(self.template)
+        if layers is None:
+            return None
+        x = train.x[: min(len(train), 2)].expand(self.n, -1, *train.x.shape[1:])
+        try:
+            with torch.no_grad():
+                planned, reference = layers.forward(x, self.params), self._vmapped_output(self.params, x)
+        except (RuntimeError, ValueError):
+            return None
+        if planned.shape != reference.shape or not torch.allclose(planned, reference, rtol=1e-4, atol=1e-5):
+            return None
+        return layers
 
 
 def _gather(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -289,21 +271,3 @@ def _gather(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def _structure_only(model: nn.Module) -> nn.Module:
     """A copy of the module on the meta device, with vmappable stand-ins: its structure for ``functional_call``."""
     return vmappable(model).to("meta")
-
-
-def _mlp_plan(model: nn.Module) -> list[tuple[str, int | None, int | None]] | None:
-    """``[(op, weight index, bias index)]`` if ``model`` is a Sequential of Linear/ReLU/Tanh."""
-    if not isinstance(model, nn.Sequential) or not len(model):
-        return None
-    index = {id(p): i for i, p in enumerate(model.parameters())}
-    plan: list[tuple[str, int | None, int | None]] = []
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            plan.append(("linear", index[id(layer.weight)], index[id(layer.bias)] if layer.bias is not None else None))
-        elif isinstance(layer, nn.ReLU):
-            plan.append(("relu", None, None))
-        elif isinstance(layer, nn.Tanh):
-            plan.append(("tanh", None, None))
-        else:
-            return None
-    return plan if plan[0][0] == "linear" else None

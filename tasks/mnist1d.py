@@ -99,22 +99,21 @@ class MNIST1DMLP(_MNIST1DTask):
         )
 
 
-class _ConvNet(nn.Module):
-    """Conv1d 1->16 (k5, s2) -> ReLU -> Conv1d 16->32 (k5, s2) -> ReLU -> Linear 320->10."""
+def _conv_net() -> nn.Sequential:
+    """Conv1d 1->16 (k5, s2) -> ReLU -> Conv1d 16->32 (k5, s2) -> ReLU -> Linear 320->10.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv1d(1, 16, kernel_size=5, stride=2, padding=2),
-            nn.ReLU(),
-            nn.Conv1d(16, 32, kernel_size=5, stride=2, padding=2),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(32 * 10, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.unsqueeze(-2)))
+    A plain Sequential (the channel axis added by ``Unflatten``), so the engine trains a
+    population of it through its hand-written stacked backward.
+    """
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 40)),
+        nn.Conv1d(1, 16, kernel_size=5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Conv1d(16, 32, kernel_size=5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 10, 10),
+    )
 
 
 class MNIST1DCNN(_MNIST1DTask):
@@ -139,7 +138,7 @@ class MNIST1DCNN(_MNIST1DTask):
     )
 
     def model(self, generator: torch.Generator) -> nn.Module:
-        return seeded_module(_ConvNet, generator)
+        return seeded_module(_conv_net, generator)
 
 
 register("MNIST1D-MLP-v0", MNIST1DMLP)

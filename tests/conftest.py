@@ -73,8 +73,63 @@ def tiny_task() -> TinyClassifier:
     return task
 
 
+class TinyConvClassifier(ClassificationTask):
+    """TinyClassifier's problem as 1-channel signals through two Conv1d layers (hand-written backward).
+
+    The convolutions cover padding, stride, dilation and a missing bias; Tanh and ReLU,
+    Flatten and Unflatten sit between them.
+    """
+
+    default_config = TinyClassifier.default_config
+    data = TinyClassifier.data
+
+    def model(self, generator: torch.Generator) -> nn.Module:
+        layers = nn.Sequential(
+            nn.Unflatten(1, (1, 8)),
+            nn.Conv1d(1, 4, kernel_size=3, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Conv1d(4, 3, kernel_size=2, dilation=2, bias=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6, 3),
+        )
+        return uniform_init(layers, generator)
+
+
+class TinyCharModel(ClassificationTask):
+    """Next-id prediction on short id sequences: Embedding -> two-layer GRU -> per-position Linear.
+
+    A custom module whose forward is a chain (``out, _ = self.gru(...)``): the hand-written
+    stacked backward covers it, GRU included.
+    """
+
+    default_config = TinyClassifier.default_config
+
+    def data(self, seed: int = 0) -> TaskData:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, 5, (600, 7), generator=g)
+        ids[:, 1::2] = (ids[:, 0::2][:, : ids[:, 1::2].shape[1]] * 2 + 1) % 5  # partly predictable
+        x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+        return TaskData(Split(x[:400], y[:400]), Split(x[400:500], y[400:500]), Split(x[500:], y[500:]))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(5, 4)
+            self.gru = nn.GRU(4, 6, num_layers=2, batch_first=True)
+            self.head = nn.Linear(6, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.gru(self.embed(x))
+            return self.head(out)
+
+    def model(self, generator: torch.Generator) -> nn.Module:
+        return uniform_init(self.Net(), generator)
+
+
 class TinyCustomModel(TinyClassifier):
-    """Same problem, but the model is a custom module: trained through vmap + autograd."""
+    """Same problem, but a custom module with a sine activation, which the hand-written
+    backward does not cover: trained through vmap + autograd."""
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -83,7 +138,7 @@ class TinyCustomModel(TinyClassifier):
             self.out = nn.Linear(16, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(torch.tanh(self.hidden(x)))
+            return self.out(torch.sin(self.hidden(x)))
 
     def model(self, generator: torch.Generator) -> nn.Module:
         return uniform_init(self.Net(), generator)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TinyClassifier, TinyCustomModel, TinyDeepClassifier, TinyGRU, TinyLSTM
+from conftest import TinyCharModel, TinyClassifier, TinyConvClassifier, TinyCustomModel, TinyDeepClassifier, TinyGRU, TinyLSTM
 
 from lrenv import Engine
 
@@ -31,8 +31,15 @@ def _population_and_alone(task, lrs, device="cpu"):
 
 @pytest.mark.parametrize(
     "task_class",
-    [TinyClassifier, TinyDeepClassifier, TinyCustomModel, TinyGRU],
-    ids=["hand-written MLP", "hand-written MLP, flat cross-entropy", "vmap autograd", "vmap autograd, unrolled GRU"],
+    [TinyClassifier, TinyDeepClassifier, TinyConvClassifier, TinyCharModel, TinyCustomModel, TinyGRU],
+    ids=[
+        "hand-written MLP",
+        "hand-written MLP, flat cross-entropy",
+        "hand-written convolutions",
+        "hand-written embedding, GRU, per-position linear",
+        "vmap autograd",
+        "vmap autograd, unrolled GRU",
+    ],
 )
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
 @pytest.mark.parametrize("device", DEVICES)
@@ -42,8 +49,9 @@ def test_batched_runs_equal_runs_alone(task_class, optimizer, device):
     population, together, alone = _population_and_alone(task, LRS * scale, device)
     assert population.batched
     trainer = population.trainer
-    assert (trainer._mlp is not None) == (task_class in (TinyClassifier, TinyDeepClassifier))
-    assert trainer._flat_cross_entropy == (task_class is TinyDeepClassifier)
+    hand_written = (TinyClassifier, TinyDeepClassifier, TinyConvClassifier, TinyCharModel)
+    assert (trainer._layers is not None) == (task_class in hand_written)
+    assert trainer._flat_cross_entropy == (task_class in (TinyDeepClassifier, TinyConvClassifier, TinyCharModel))
     for k, (stats, model) in enumerate(alone):
         assert together.valid_loss[k] == pytest.approx(stats.valid_loss[0], rel=1e-5)
         assert together.train_loss[k] == pytest.approx(stats.train_loss[0], rel=1e-5)
