@@ -1,16 +1,20 @@
-"""Forward and hand-written backward of N stacked ``nn.Sequential`` models, as one computation.
+"""Forward and hand-written backward of N stacked models that are chains of layers, as one computation.
 
-For a Sequential of ``Linear``, ``Conv1d``, ``ReLU``, ``Tanh``, ``Flatten`` and ``Unflatten``
-layers, :class:`StackedSequential` computes the N runs' forward pass and gradients with a
-few large batched matmuls per layer, without autograd: fewer, larger ops than
-``vmap(functional_call)``, which matters on a CPU, where small ops cost more in overhead
-than in arithmetic. Activations are ``[N, B, ...]`` (run, sample, the layer's own shape);
-parameters are stacked ``[N, *shape]``.
+For a model that passes its input through ``Linear``, ``Conv1d``, ``Embedding``, ``GRU``,
+ReLU/Tanh and reshapes one after another (an ``nn.Sequential``, or any module whose
+``forward`` ``torch.fx`` traces to such a chain), :class:`StackedSequential` computes the N
+runs' forward pass and gradients with a few large batched matmuls per layer, without
+autograd: fewer, larger ops than ``vmap(functional_call)``, which matters on a CPU, where
+small ops cost more in overhead than in arithmetic. Activations are ``[N, B, ...]`` (run,
+sample, the layer's own shape); parameters are stacked ``[N, *shape]``.
 
-A convolution runs as im2col: its input windows become rows of a ``[N, B * L_out, C_in * k]``
-matrix that one ``bmm`` multiplies by the weights (vmap turns a Conv1d into one grouped
-convolution instead, whose CPU backward is slow). Its input gradient is the transpose: one
-``bmm``, then ``k`` strided adds back into the input positions.
+- A convolution runs as im2col: its input windows become rows of a ``[N, B * L_out, k * C_in]``
+  matrix that one ``bmm`` multiplies by the weights (vmap turns a Conv1d into one grouped
+  convolution instead, 3-4x slower on a CPU). Its input gradient is the transpose: one
+  ``bmm``, then ``k`` strided adds back into the input positions.
+- A GRU computes the input projections of all time steps in one matmul, then walks the steps
+  with one small matmul and a few elementwise ops each, keeping its gates; the backward walks
+  them in reverse, and the weight gradients of all steps are one matmul each.
 """
 
 from __future__ import annotations

@@ -168,6 +168,15 @@ class StackedTrainer:
         except Exception as exc:  # vmap has no batching rule for some ops (e.g. fused RNNs)
             raise NotBatchable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
+    @property
+    def hand_written(self) -> bool:
+        """Whether gradients come from the hand-written backward (else vmap + autograd)."""
+        return self._layers is not None
+
+    def use_autograd(self) -> None:
+        """Train through vmap + autograd even where the hand-written backward applies (to compare them)."""
+        self._layers, self._grads = None, self._autograd_grads
+
     def init_runs(self, runs: Sequence[int], models: Sequence[nn.Module]) -> None:
         with torch.no_grad():
             for k, model in zip(runs, models):

@@ -50,7 +50,7 @@ def test_batched_runs_equal_runs_alone(task_class, optimizer, device):
     assert population.batched
     trainer = population.trainer
     hand_written = (TinyClassifier, TinyDeepClassifier, TinyConvClassifier, TinyCharModel)
-    assert (trainer._layers is not None) == (task_class in hand_written)
+    assert trainer.hand_written == (task_class in hand_written)
     assert trainer._flat_cross_entropy == (task_class in (TinyDeepClassifier, TinyConvClassifier, TinyCharModel))
     for k, (stats, model) in enumerate(alone):
         assert together.valid_loss[k] == pytest.approx(stats.valid_loss[0], rel=1e-5)
