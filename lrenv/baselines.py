@@ -44,8 +44,9 @@ The learning-rate-free reference, ``schedule_free``, changes the optimizer, not 
 schedule: its runs train with Schedule-Free SGD (tasks whose optimizer is ``"sgd"`` or
 ``"momentum"``) or Schedule-Free AdamW (``"adam"``, ``"adamw"``) from the ``schedulefree``
 package, through :class:`ScheduleFreeEngine`, a drop-in :class:`~lrenv.engine.Engine` that
-trains its runs in a loop of modules (no stacked version) and switches the optimizers between
-``train()`` and ``eval()`` around evaluation, as the package requires. Schedule-Free still
+stacks a population like any engine (:class:`lrenv.optim.BatchedScheduleFree`, which computes
+what the package computes per run) or trains a loop of the package's optimizers, and switches
+them between ``train()`` and ``eval()`` around evaluation, as the package requires. Schedule-Free still
 takes a learning rate (tuned like every baseline's peak LR); what it does without is the
 schedule. Its momentum is the task's ``momentum`` (0.9 for every built-in task).
 
@@ -78,6 +79,7 @@ from torch import nn
 from lrenv.actions import ActionMapping
 from lrenv.engine import Engine
 from lrenv.features import FEATURE_SETS
+from lrenv.optim import BatchedScheduleFree
 from lrenv.task import Split, TaskConfig
 from lrenv.trainers import LoopTrainer
 
@@ -678,10 +680,14 @@ class ScheduleFreeTrainer(LoopTrainer):
 
 
 class ScheduleFreeEngine(Engine):
-    """An :class:`~lrenv.engine.Engine` whose runs train with Schedule-Free optimizers (loop only, whatever ``batched`` says)."""
+    """An :class:`~lrenv.engine.Engine` whose runs train with Schedule-Free optimizers.
 
-    def _pick_trainer(self, batched: bool | None) -> tuple[Any, str | None]:
-        return ScheduleFreeTrainer(self.task, self.n_runs), "Schedule-Free optimizers train in a loop"
+    A population is stacked as with any engine (with :class:`lrenv.optim.BatchedScheduleFree`);
+    a loop trains each run with the ``schedulefree`` package's optimizer.
+    """
+
+    loop_trainer_type = ScheduleFreeTrainer
+    stacked_optimizer_type = BatchedScheduleFree
 
 
 # -- argument checks -----------------------------------------------------------------------

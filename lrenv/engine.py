@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lrenv.optim import BatchedOptimizer, BatchedScheduleFree
 from lrenv.task import Split, Task
 from lrenv.trainers import LoopTrainer, NotBatchable, StackedTrainer
 
@@ -119,13 +120,20 @@ class Engine:
         """Whether the runs train as one stacked computation."""
         return isinstance(self.trainer, StackedTrainer)
 
+    #: How runs train one after another, and the optimizer of stacked runs (a subclass may swap both).
+    loop_trainer_type: type[LoopTrainer] = LoopTrainer
+    stacked_optimizer_type: type[BatchedOptimizer] | type[BatchedScheduleFree] = BatchedOptimizer
+
     def _pick_trainer(self, batched: bool | None) -> tuple[LoopTrainer | StackedTrainer, str | None]:
         if batched is False or (batched is None and self.n_runs == 1):
-            return LoopTrainer(self.task, self.n_runs), None
+            return self.loop_trainer_type(self.task, self.n_runs), None
         try:
             # a GRU outside a chain vmaps only unrolled: that pays on a GPU; on a CPU the fused module in a loop is as fast
             unroll = batched is True or self.device.type == "cuda"
-            return StackedTrainer(self.task, self.n_runs, self._new_model(0), self.train, unroll_recurrent=unroll), None
+            trainer = StackedTrainer(
+                self.task, self.n_runs, self._new_model(0), self.train, unroll_recurrent=unroll, optimizer_type=self.stacked_optimizer_type
+            )
+            return trainer, None
         except NotBatchable as exc:
             reason = str(exc)
         warnings.warn(
@@ -133,7 +141,7 @@ class Engine:
             f"training its {self.n_runs} runs in a loop",
             stacklevel=3,
         )
-        return LoopTrainer(self.task, self.n_runs), reason
+        return self.loop_trainer_type(self.task, self.n_runs), reason
 
     def _new_model(self, init_seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # module constructors draw from the global RNG

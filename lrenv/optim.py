@@ -4,6 +4,8 @@
 computes exactly what ``torch.optim.SGD`` (with or without momentum), ``Adam`` and ``AdamW``
 compute for run k alone (same formulas and order of operations as their ``foreach``
 implementations; Adam's bias corrections in float64, as torch does with Python floats).
+:class:`BatchedScheduleFree` does the same for the ``schedulefree`` package's optimizers.
+Both have one interface: ``reset_runs``, ``prepare_epoch``, ``step`` per batch, ``finish_epoch``.
 """
 
 from __future__ import annotations
@@ -104,3 +106,95 @@ class BatchedOptimizer:
 
     def finish_epoch(self) -> None:
         self.steps += self._step_in_epoch
+
+
+class BatchedScheduleFree:
+    """Schedule-Free SGD or AdamW (Defazio et al., 2024) over stacked parameters ``[N, ...]``.
+
+    Run k computes what the ``schedulefree`` package's ``SGDScheduleFree`` (``sgd`` and
+    ``momentum`` tasks) or ``AdamWScheduleFree`` (``adam``/``adamw`` tasks) computes for it
+    alone, with the settings of :func:`lrenv.baselines.schedule_free_optimizer` (beta1 = the
+    task's momentum, its weight decay, no internal warmup, ``r`` = 0, ``weight_lr_power`` = 2),
+    and with ``train()`` before each epoch and ``eval()`` after it: between epochs the
+    parameters hold the averaged iterate x. The per-run scalars of the averaging (``lr_max``,
+    ``weight_sum``, ``c_{k+1}``) are computed on the host in float64, as the package does with
+    Python floats.
+
+    Args:
+        params: Stacked parameter tensors (updated in place).
+        config: The task's optimizer settings.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], config: TaskConfig) -> None:
+        self.params = list(params)
+        self.config = config
+        self.n = self.params[0].shape[0]
+        self.adam = config.optimizer in ("adam", "adamw")
+        self.beta1 = config.momentum
+        self.steps = np.zeros(self.n, dtype=np.int64)
+        self.lr_max = np.full(self.n, -1.0)
+        self.weight_sum = np.zeros(self.n)
+        self._z = [torch.zeros_like(p) for p in self.params]
+        self._exp_avg_sq = [torch.zeros_like(p) for p in self.params] if self.adam else []
+
+    def reset_runs(self, runs: Sequence[int]) -> None:
+        """Clear the optimizer state of runs that start afresh."""
+        idx = list(runs)
+        self.steps[idx], self.lr_max[idx], self.weight_sum[idx] = 0, -1.0, 0.0
+        for s in self._z + self._exp_avg_sq:
+            s[idx] = 0
+
+    def _per_run(self, values: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+        return values.view(self.n, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def prepare_epoch(self, lrs: np.ndarray, n_steps: int) -> None:
+        """``train()``: move the parameters from x to y; precompute the epoch's per-run step scalars."""
+        started = self.steps > 0  # the package keeps no z before a run's first step
+        fresh = torch.as_tensor(~started, device=self.params[0].device)
+        for p, z in zip(self.params, self._z):
+            p.lerp_(z, self._per_run(np.where(started, 1 - self.beta1, 0.0), p))
+            z[fresh] = p[fresh]
+        lrs = np.asarray(lrs, dtype=np.float64)
+        rows = []
+        lr_max, weight_sum = self.lr_max.copy(), self.weight_sum.copy()
+        for s in range(n_steps):  # the package's float arithmetic, step by step
+            lr_max = np.maximum(lrs, lr_max)
+            weight = lr_max**2
+            weight_sum = weight_sum + weight
+            ckp1 = np.divide(weight, weight_sum, out=np.zeros(self.n), where=weight_sum != 0)
+            bias_correction2 = 1 - 0.999 ** (self.steps + s + 1)
+            rows.append([ckp1, lrs * (self.beta1 * (1 - ckp1) - 1), -lrs, bias_correction2])
+        self.lr_max, self.weight_sum = lr_max, weight_sum
+        dtype, device = self.params[0].dtype, self.params[0].device
+        self._table = torch.as_tensor(np.asarray(rows), dtype=dtype).to(device)  # [n_steps, 4, N]
+        self._step_in_epoch = 0
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        """One update of every run from its gradients (stacked like the parameters)."""
+        ckp1, y_step, z_step, bias_correction2 = self._table[self._step_in_epoch]
+        self._step_in_epoch += 1
+        grads = list(grads)
+        if self.adam:
+            torch._foreach_mul_(self._exp_avg_sq, 0.999)
+            torch._foreach_addcmul_(self._exp_avg_sq, grads, grads, value=1 - 0.999)
+            denom = torch._foreach_div(self._exp_avg_sq, [self._per_run(bias_correction2, g) for g in grads])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, ADAM_EPS)
+            grads = torch._foreach_div(grads, denom)
+        if self.config.weight_decay:
+            grads = torch._foreach_add(grads, self.params, alpha=self.config.weight_decay)
+        for p, z, g in zip(self.params, self._z, grads):
+            p.lerp_(z, self._per_run(ckp1, p))
+            p.addcmul_(g, self._per_run(y_step, p))
+            z.addcmul_(g, self._per_run(z_step, z))
+
+    @torch.no_grad()
+    def finish_epoch(self) -> None:
+        """``eval()``: move the parameters from y to x."""
+        self.steps += self._step_in_epoch
+        started = self.steps > 0
+        for p, z in zip(self.params, self._z):
+            p.lerp_(z, self._per_run(np.where(started, 1 - 1 / self.beta1, 0.0), p))

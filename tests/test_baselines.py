@@ -208,12 +208,13 @@ def _hand_schedule_free_run(task, seed: int, lrs: list[float]) -> list[float]:
     return losses
 
 
-def test_schedule_free_engine_trains_like_schedulefree_in_a_plain_loop():
+@pytest.mark.parametrize("batched", [False, None], ids=["loop", "stacked"])
+def test_schedule_free_engine_trains_like_schedulefree_in_a_plain_loop(batched):
     from lrenv.episodes import EpisodeBatch
 
     task = tiny(epochs=4)
-    engine = baselines.ScheduleFreeEngine(task, n_runs=2, device="cpu")
-    assert not engine.batched
+    engine = baselines.ScheduleFreeEngine(task, n_runs=2, device="cpu", batched=batched)
+    assert engine.batched == (batched is None)
     batch = EpisodeBatch(engine, "standard", lrenv.ActionMapping(), "log_progress", 2.0)
     seeds = [5, 6]
     obs, _ = batch.start([0, 1], [env_run_seed(s) for s in seeds])
