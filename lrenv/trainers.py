@@ -276,7 +276,8 @@ class StackedTrainer:
                 planned, reference = layers.forward(x, self.params), self._vmapped_output(self.params, x)
         except (RuntimeError, ValueError):
             return None
-        if planned.shape != reference.shape or not torch.allclose(planned, reference, rtol=1e-4, atol=1e-5):
+        # a plan that misreads the model is off by O(1); the tolerance admits TF32 convolutions on CUDA
+        if planned.shape != reference.shape or not torch.allclose(planned, reference, rtol=1e-2, atol=1e-3):
             return None
         return layers
 
