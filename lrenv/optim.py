@@ -21,6 +21,12 @@ ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
 
 
+def _per_run(values: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per run ``[N]``, shaped to broadcast over stacked tensors like ``like``."""
+    values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 class BatchedOptimizer:
     """Per-run-LR optimizer over stacked parameters ``[N, ...]``.
 
@@ -66,8 +72,6 @@ class BatchedOptimizer:
         self._table = torch.as_tensor(np.ascontiguousarray(table), dtype=dtype).to(self._device, non_blocking=True)
         self._step_in_epoch = 0
 
-    def _per_run(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.view(self.n, *([1] * (like.dim() - 1)))
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor]) -> None:
@@ -85,13 +89,13 @@ class BatchedOptimizer:
                 torch._foreach_mul_(bufs, self.config.momentum)
                 torch._foreach_add_(bufs, list(grads))
                 grads = bufs
-            torch._foreach_addcmul_(params, list(grads), [self._per_run(lr, g) for g in grads], value=-1)
+            torch._foreach_addcmul_(params, list(grads), [_per_run(lr, g) for g in grads], value=-1)
             return
         neg_step, bc2_sqrt, lr = self._table[0, b], self._table[1, b], self._table[2, b]
         exp_avgs, exp_avg_sqs = self._state
         if wd:
             if self.kind == "adamw":
-                torch._foreach_mul_(params, [1 - self._per_run(lr, p) * wd for p in params])
+                torch._foreach_mul_(params, [1 - _per_run(lr, p) * wd for p in params])
             else:
                 grads = torch._foreach_add(list(grads), params, alpha=wd)
         grads = list(grads)
@@ -99,9 +103,9 @@ class BatchedOptimizer:
         torch._foreach_mul_(exp_avg_sqs, ADAM_BETA2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - ADAM_BETA2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, [self._per_run(bc2_sqrt, d) for d in denom])
+        torch._foreach_div_(denom, [_per_run(bc2_sqrt, d) for d in denom])
         torch._foreach_add_(denom, ADAM_EPS)
-        torch._foreach_div_(denom, [self._per_run(neg_step, d) for d in denom])
+        torch._foreach_div_(denom, [_per_run(neg_step, d) for d in denom])
         torch._foreach_addcdiv_(params, exp_avgs, denom)
 
     def finish_epoch(self) -> None:
@@ -144,17 +148,13 @@ class BatchedScheduleFree:
         for s in self._z + self._exp_avg_sq:
             s[idx] = 0
 
-    def _per_run(self, values: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-        return values.view(self.n, *([1] * (like.dim() - 1)))
-
     @torch.no_grad()
     def prepare_epoch(self, lrs: np.ndarray, n_steps: int) -> None:
         """``train()``: move the parameters from x to y; precompute the epoch's per-run step scalars."""
         started = self.steps > 0  # the package keeps no z before a run's first step
         fresh = torch.as_tensor(~started, device=self.params[0].device)
         for p, z in zip(self.params, self._z):
-            p.lerp_(z, self._per_run(np.where(started, 1 - self.beta1, 0.0), p))
+            p.lerp_(z, _per_run(np.where(started, 1 - self.beta1, 0.0), p))
             z[fresh] = p[fresh]
         lrs = np.asarray(lrs, dtype=np.float64)
         rows = []
@@ -164,7 +164,7 @@ class BatchedScheduleFree:
             weight = lr_max**2
             weight_sum = weight_sum + weight
             ckp1 = np.divide(weight, weight_sum, out=np.zeros(self.n), where=weight_sum != 0)
-            bias_correction2 = 1 - 0.999 ** (self.steps + s + 1)
+            bias_correction2 = 1 - ADAM_BETA2 ** (self.steps + s + 1)
             rows.append([ckp1, lrs * (self.beta1 * (1 - ckp1) - 1), -lrs, bias_correction2])
         self.lr_max, self.weight_sum = lr_max, weight_sum
         dtype, device = self.params[0].dtype, self.params[0].device
@@ -178,18 +178,18 @@ class BatchedScheduleFree:
         self._step_in_epoch += 1
         grads = list(grads)
         if self.adam:
-            torch._foreach_mul_(self._exp_avg_sq, 0.999)
-            torch._foreach_addcmul_(self._exp_avg_sq, grads, grads, value=1 - 0.999)
-            denom = torch._foreach_div(self._exp_avg_sq, [self._per_run(bias_correction2, g) for g in grads])
+            torch._foreach_mul_(self._exp_avg_sq, ADAM_BETA2)
+            torch._foreach_addcmul_(self._exp_avg_sq, grads, grads, value=1 - ADAM_BETA2)
+            denom = torch._foreach_div(self._exp_avg_sq, [_per_run(bias_correction2, g) for g in grads])
             torch._foreach_sqrt_(denom)
             torch._foreach_add_(denom, ADAM_EPS)
             grads = torch._foreach_div(grads, denom)
         if self.config.weight_decay:
             grads = torch._foreach_add(grads, self.params, alpha=self.config.weight_decay)
         for p, z, g in zip(self.params, self._z, grads):
-            p.lerp_(z, self._per_run(ckp1, p))
-            p.addcmul_(g, self._per_run(y_step, p))
-            z.addcmul_(g, self._per_run(z_step, z))
+            p.lerp_(z, _per_run(ckp1, p))
+            p.addcmul_(g, _per_run(y_step, p))
+            z.addcmul_(g, _per_run(z_step, z))
 
     @torch.no_grad()
     def finish_epoch(self) -> None:
@@ -197,4 +197,4 @@ class BatchedScheduleFree:
         self.steps += self._step_in_epoch
         started = self.steps > 0
         for p, z in zip(self.params, self._z):
-            p.lerp_(z, self._per_run(np.where(started, 1 - 1 / self.beta1, 0.0), p))
+            p.lerp_(z, _per_run(np.where(started, 1 - 1 / self.beta1, 0.0), p))

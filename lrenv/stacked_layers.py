@@ -28,6 +28,8 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from lrenv.stand_ins import unrollable_gru
+
 #: Linear layers with fewer outputs than this run as ``(W @ h^T)^T``: ~2-3x faster than ``h @ W^T``.
 NARROW_OUTPUT = 16
 
@@ -318,7 +320,10 @@ def _unflatten(dim: int, sizes: Sequence[int]) -> _Reshape:
 
 
 def _unsqueeze(dim: int) -> _Reshape:
-    return _Reshape(lambda h: h.unsqueeze(dim + 1 if dim >= 0 else dim))
+    return _Reshape(lambda h: h.unsqueeze(_later(dim)))
+
+
+_PARAMETERISED = (_Linear, _Conv1d, _Embedding, _GRU)
 
 
 class StackedSequential:
@@ -329,6 +334,8 @@ class StackedSequential:
 
     def __init__(self, layers: list[_Layer]) -> None:
         self.layers = layers
+        # nothing before the first parameterised layer needs a gradient
+        self._first = next(i for i, layer in enumerate(layers) if isinstance(layer, _PARAMETERISED))
 
     @classmethod
     def of(cls, model: nn.Module) -> StackedSequential | None:
@@ -357,21 +364,18 @@ class StackedSequential:
                 layers.append(_Conv1d(step, index[id(step.weight)], bias_i))
             elif kind is nn.Embedding and step.padding_idx is None and step.max_norm is None and not step.scale_grad_by_freq and not step.sparse:
                 layers.append(_Embedding(step, index[id(step.weight)]))
-            elif kind is nn.GRU and not step.bidirectional and step.dropout == 0:
+            elif unrollable_gru(step):
                 layers.append(_GRU(step, index))
-            elif kind in (nn.ReLU, nn.Tanh):
-                layers.append(_Activation("relu" if kind is nn.ReLU else "tanh", in_place=False))
+            elif kind in (nn.ReLU, nn.Tanh):  # in place only on a fresh tensor, not on a view another layer keeps
+                layers.append(_Activation("relu" if kind is nn.ReLU else "tanh", in_place=bool(layers) and layers[-1].fresh_output))
             elif kind is nn.Flatten:
                 layers.append(_flatten(step.start_dim, step.end_dim))
             elif kind is nn.Unflatten:
                 layers.append(_unflatten(step.dim, step.unflattened_size))
             else:
                 return None
-        if not any(isinstance(layer, (_Linear, _Conv1d, _Embedding, _GRU)) for layer in layers):
+        if not any(isinstance(layer, _PARAMETERISED) for layer in layers):
             return None
-        for i, layer in enumerate(layers):  # an activation right after a reshape view must not overwrite it
-            if isinstance(layer, _Activation):
-                layer.in_place = i > 0 and layers[i - 1].fresh_output
         return cls(layers)
 
     def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor], saved: list[Any] | None = None) -> torch.Tensor:
@@ -387,9 +391,8 @@ class StackedSequential:
     def backward(self, grad: torch.Tensor, params: Sequence[torch.Tensor], saved: list[Any]) -> list[torch.Tensor]:
         """Gradients of every stacked parameter, given the output's gradient and ``forward``'s ``saved``."""
         grads: list[torch.Tensor | None] = [None] * len(params)
-        first = next(i for i, layer in enumerate(self.layers) if isinstance(layer, (_Linear, _Conv1d, _Embedding, _GRU)))
-        for i in range(len(self.layers) - 1, first - 1, -1):  # nothing before the first parameterised layer needs a gradient
-            grad = self.layers[i].backward(grad, params, saved[i], grads, need_input=i > first)
+        for i in range(len(self.layers) - 1, self._first - 1, -1):
+            grad = self.layers[i].backward(grad, params, saved[i], grads, need_input=i > self._first)
         return grads  # type: ignore[return-value]
 
 
