@@ -1,1 +1,2 @@
-"""Runnable scripts: ``python -m agents.demo`` (and, as they land, train and evaluate)."""
+"""Runnable scripts, installed as ``lrenv.agents``: ``python -m agents.X`` from the repository,
+``python -m lrenv.agents.X`` or ``lrenv X`` anywhere, for X in demo, train, evaluate."""

@@ -1,30 +1,32 @@
-"""Command lines from dataclasses (cleanrl style): each field a ``--flag``, its docs in its metadata.
-
-A field's ``metadata["help"]`` is its help text and ``metadata["metavar"]`` (optional) its
-placeholder. ``bool`` fields become ``--flag/--no-flag``, ``list[...]`` fields take one or
-more values, ``int`` and ``float`` fields (optionally ``| None``) are converted, the rest are
-strings.
-"""
+"""The ``lrenv`` command: ``lrenv train|evaluate|demo ARGS...`` runs ``python -m lrenv.agents.<command> ARGS...``."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
+import importlib
+import os
+import sys
 
-_CONVERTERS = {"int": int, "int | None": int, "float": float, "float | None": float}
+#: Command -> what it does (each is a module of this package with a ``main(argv)``).
+COMMANDS = {
+    "train": "train an SB3 agent to choose learning rates; writes a run folder",
+    "evaluate": "compare learned schedules with tuned classic ones: tables, CSV, plots",
+    "demo": "the main job: train PPO, then compare it with tuned baselines",
+}
 
 
-def dataclass_parser(args_class: type, prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with one option per field of the dataclass ``args_class``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    for f in dataclasses.fields(args_class):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
-        if f.type == "bool":
-            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_text)
-        elif str(f.type).startswith("list"):
-            parser.add_argument(flag, nargs="+", default=f.default_factory(), metavar=f.metadata.get("metavar"), help=help_text)  # type: ignore[misc]
-        else:
-            kind = _CONVERTERS.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, metavar=f.metadata.get("metavar"), help=help_text)
-    return parser
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+        print("usage: lrenv COMMAND [ARGS...]   (lrenv COMMAND --help for its options)\n\ncommands:\n" + "\n".join(lines))
+        return
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        sys.exit(f"lrenv: unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: see the scripts' own note
+    module = importlib.import_module(f"lrenv.agents.{command}")
+    module.main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ import argparse
 import time
 from pathlib import Path
 
-from agents import evaluate, train
+from lrenv.agents import evaluate, train
 
 
 def main(argv: list[str] | None = None) -> None:

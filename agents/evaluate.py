@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.cli import dataclass_parser
+from lrenv.agents.args import dataclass_parser
 from lrenv.baselines import BASELINES
 from lrenv.evaluation import (
     DEFAULT_EVAL_SEEDS,
@@ -50,10 +50,12 @@ from lrenv.evaluation import (
     compare,
     default_cache_dir,
     load_run,
+    write_csv,
 )
 
 #: ``--quick``: a smoke test of the whole pipeline in seconds (not a meaningful comparison).
 QUICK = {"seeds": 3, "tune_seeds": 2, "trials": 2, "epochs": 4}
+QUICK_HELP = f"smoke run: {QUICK['seeds']} seeds, {QUICK['tune_seeds']} tuning seeds, {QUICK['trials']} trials, {QUICK['epochs']} epochs (explicit options win)"
 TASK_GROUPS = ("all", "train", "heldout")
 
 
@@ -67,7 +69,7 @@ class Args:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES), metadata={"help": f"baselines: {', '.join(BASELINES)}"})
     epochs: int | None = field(default=None, metadata={"help": "override every task's epoch budget (task_config epochs)"})
     optimal: bool = field(default=True, metadata={"help": "add the analytically optimal schedule where a task has one"})
-    quick: bool = field(default=False, metadata={"help": f"smoke run: {QUICK['seeds']} seeds, {QUICK['tune_seeds']} tuning seeds, {QUICK['trials']} trials, {QUICK['epochs']} epochs (explicit options win)"})
+    quick: bool = field(default=False, metadata={"help": QUICK_HELP})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
     workers: int | None = field(default=None, metadata={"help": "worker processes (default: one per CPU core; 0 runs in this process)"})
     population: int = field(default=DEFAULT_POPULATION, metadata={"help": "most runs trained as one batched population"})
@@ -88,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 def resolve_tasks(names: list[str]) -> list[str]:
     """Task names with the groups ``all``, ``train`` and ``heldout`` expanded (order kept, no repeats)."""
-    import tasks as builtin
+    from lrenv import tasks as builtin
 
     groups = {"all": builtin.BUILTIN_TASKS, "train": builtin.TRAIN_TASKS, "heldout": builtin.HELDOUT_TASKS}
     out: list[str] = []
@@ -196,8 +198,6 @@ class _quiet:
 
 def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     """Write the Markdown table, CSVs, settings and plots; returns their paths by name."""
-    from lrenv.evaluation import _write_csv
-
     out.mkdir(parents=True, exist_ok=True)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -210,8 +210,8 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     }
     paths["results.md"].write_text(results.to_markdown())
     results.write_csv(paths["summary.csv"])
-    _write_csv(paths["tuning.csv"], results.tuning_rows())
-    _write_csv(paths["episodes.csv"], results.episode_rows())
+    write_csv(paths["tuning.csv"], results.tuning_rows())
+    write_csv(paths["episodes.csv"], results.episode_rows())
     paths["settings.json"].write_text(json.dumps(results.settings, indent=2, default=str))
     for task in results.tasks:
         paths[f"plots/{task}.png"] = plots / f"{task}.png"
@@ -224,20 +224,13 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
 def track(results: Results, paths: dict[str, Path], args: Args, out: Path) -> None:
     """Log the summary and aggregate tables and the plots to a W&B run (offline unless logged in)."""
     try:
-        from lrenv.tracking import start_wandb
-    except ImportError:  # pragma: no cover - lrenv.tracking ships with the training work
-        start_wandb = None
-    try:
         import wandb
     except ImportError as exc:
         raise SystemExit('--track needs wandb: pip install "lrenv[wandb]" (or pip install wandb)') from exc
+    from lrenv.tracking import start_wandb
+
     config = {**results.settings, "runs": args.runs}
-    if start_wandb is not None:
-        tracker = start_wandb(config, project=args.wandb_project, entity=args.wandb_entity, name="evaluate", folder=out, tags=["evaluate"])
-        run = tracker.run
-    else:  # pragma: no cover
-        run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=config, dir=str(out), job_type="evaluate",
-                         mode=os.environ.get("WANDB_MODE", "offline"))
+    run = start_wandb(config, project=args.wandb_project, entity=args.wandb_entity, name="evaluate", folder=out, tags=["evaluate"]).run
     summary = results.summary()
     columns = list(summary[0])
     aggregate = [{k: v for k, v in a.items() if k != "ratios"} for a in results.aggregate()]

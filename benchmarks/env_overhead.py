@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lrenv
-from lrenv.trainers import make_optimizer
+from lrenv.engine.optim import make_optimizer
 
 
 def lrenv_episode(task: lrenv.Task, device: str, seed: int) -> None:

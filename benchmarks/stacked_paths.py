@@ -3,7 +3,7 @@
 For each task, N runs (default 32) train with LR 3e-3 on
 
 * ``hand-written``: the engine's default, the stacked forward and backward of
-  :mod:`lrenv.stacked_layers` (for tasks whose model is a chain of supported layers);
+  :mod:`lrenv.engine.stacked_layers` (for tasks whose model is a chain of supported layers);
 * ``vmap + autograd``: the same stacked population through ``torch.func.functional_call``
   under ``vmap`` (an ``nn.GRU`` through its unrolled stand-in);
 * ``loop``: one module and torch optimizer per run, one after another (4 runs, rate per run).

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -77,7 +76,7 @@ def worker(method: str, task_name: str, n: int, epochs: int, device: str) -> dic
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     import lrenv
-    from lrenv.vec_env import BatchedVecEnv
+    from lrenv.env.vec_env import BatchedVecEnv
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from env_overhead import plain_loop

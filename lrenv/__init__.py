@@ -2,20 +2,25 @@
 
 ``import lrenv`` registers the Gymnasium environment ``lrenv/LRControl-v0`` and the built-in
 tasks (see :func:`list_tasks`). Nothing else happens at import: no data is generated.
+
+The data path, one direction: a :class:`Task` (data, model, loss) → the :class:`Engine`
+(N runs trained as one population) → :class:`LREnv` / :class:`BatchedVecEnv` (observations,
+actions, rewards, set by an :class:`EnvConfig`) → an SB3 agent (``lrenv.agents.train``) →
+:func:`load_policy` / :func:`load_scheduler` (the policy in a user's loop) →
+:mod:`lrenv.evaluation` (the policy against tuned :mod:`lrenv.baselines`).
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 
-from lrenv.actions import ActionMapping
-from lrenv.engine import Engine, EpochStats
-from lrenv.env import LREnv
-from lrenv.features import FEATURE_SETS, Observer
-from lrenv.registry import list_tasks, make_task, register_task, unregister_task
-from lrenv.task import ClassificationTask, Split, Task, TaskConfig, TaskData, classification_metrics
-from lrenv.vec_env import BatchedVecEnv
 from lrenv import testing
+from lrenv.engine import Engine, EpochStats
+from lrenv.env import FEATURE_SETS, ActionMapping, BatchedVecEnv, EnvConfig, LREnv, Observer
+from lrenv.policy import LoadedPolicy, load_policy
+from lrenv.registry import list_tasks, make_task, register_task, unregister_task
+from lrenv.scheduler import PolicyScheduler, load_scheduler
+from lrenv.task import ClassificationTask, Split, Task, TaskConfig, TaskData, classification_metrics
 
 __version__ = "0.1.0"
 
@@ -25,36 +30,34 @@ if ENV_ID not in gym.registry:
     # no max_episode_steps: the env truncates at each task's own epoch budget
     gym.register(id=ENV_ID, entry_point="lrenv.env:LREnv")
 
-import tasks as _builtin_tasks  # noqa: E402,F401  (registers the built-in tasks)
+from lrenv import baselines, evaluation, tasks  # noqa: E402  (tasks registers the built-in tasks)
 
 __all__ = [
     "ENV_ID",
+    "FEATURE_SETS",
     "ActionMapping",
     "BatchedVecEnv",
     "ClassificationTask",
+    "EnvConfig",
     "Engine",
     "EpochStats",
-    "FEATURE_SETS",
     "LREnv",
+    "LoadedPolicy",
     "Observer",
+    "PolicyScheduler",
     "Split",
     "Task",
     "TaskConfig",
     "TaskData",
+    "baselines",
     "classification_metrics",
+    "evaluation",
     "list_tasks",
+    "load_policy",
+    "load_scheduler",
     "make_task",
     "register_task",
+    "tasks",
+    "testing",
     "unregister_task",
 ]
-
-# Trained policies as schedulers (appended by the agents work; SB3 is imported on use only)
-from lrenv.policy import LoadedPolicy, load_policy  # noqa: E402
-from lrenv.scheduler import PolicyScheduler, load_scheduler  # noqa: E402
-
-__all__ += ["LoadedPolicy", "PolicyScheduler", "load_policy", "load_scheduler"]
-
-# Baseline schedules as policies and the fair comparison harness (appended by the evaluation work)
-from lrenv import baselines, evaluation  # noqa: E402
-
-__all__ += ["baselines", "evaluation"]

@@ -1,18 +1,10 @@
 """Load a trained agent back from its run folder: the policy, its config, its normalisation.
 
-``agents/train.py`` writes a run folder (see the README, "Training agents")::
-
-    runs/<task>__<algo>__<seed>__<time>/
-        config.json         the full resolved config (env keyword arguments, algorithm, seed, versions)
-        model.zip           the final SB3 model
-        normalization.json  observation-normalisation statistics (when the run used VecNormalize)
-        vecnormalize.pkl    the same statistics as SB3 pickles them (for resuming)
-        checkpoints/step_<timesteps>/   model.zip, normalization.json, vecnormalize.pkl, ...
-
-:func:`load_policy` turns such a folder (or a checkpoint folder, or a ``model.zip`` inside one)
-into a :class:`LoadedPolicy`, whose :meth:`~LoadedPolicy.predict` normalises observations
-exactly as SB3's ``VecNormalize.normalize_obs`` did in training, then asks the policy. The
-scheduler (:mod:`lrenv.scheduler`) and evaluation build on it.
+:func:`load_policy` turns a run folder written by ``agents/train.py`` (its layout is
+:class:`lrenv.run_dir.RunDir`'s), one of its checkpoint folders, or a ``model.zip`` inside
+either, into a :class:`LoadedPolicy`, whose :meth:`~LoadedPolicy.predict` normalises
+observations exactly as SB3's ``VecNormalize.normalize_obs`` did in training, then asks the
+policy. The scheduler (:mod:`lrenv.scheduler`) and evaluation build on it.
 """
 
 from __future__ import annotations
@@ -25,6 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from lrenv.env.config import EnvConfig
+from lrenv.run_dir import ObsNormalization, RunDir
+
+__all__ = ["ALGORITHMS", "LoadedPolicy", "ObsNormalization", "algorithm_class", "load_policy"]
+
 #: Algorithm name -> "module:Class". The sb3-contrib ones need ``pip install sb3-contrib``.
 ALGORITHMS: dict[str, str] = {
     "ppo": "stable_baselines3:PPO",
@@ -34,14 +31,6 @@ ALGORITHMS: dict[str, str] = {
     "tqc": "sb3_contrib:TQC",
     "trpo": "sb3_contrib:TRPO",
 }
-
-#: Files of a run folder (and of each checkpoint folder).
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.zip"
-NORMALIZATION_FILE = "normalization.json"
-
-#: LREnv keyword arguments a run records and :attr:`LoadedPolicy.env_kwargs` returns.
-ENV_KWARGS = ("features", "action_mode", "relative_factor", "reward", "divergence_penalty", "target_loss", "task_config", "dtype")
 
 # SB3 pickles schedules (lambdas) into model.zip; replacing them on load keeps a policy
 # loadable across Python versions, and prediction never uses them.
@@ -66,50 +55,6 @@ def algorithm_class(name: str) -> type:
     return getattr(module, class_name)
 
 
-@dataclass(frozen=True)
-class ObsNormalization:
-    """Observation normalisation of SB3's ``VecNormalize``, without the env or a pickle.
-
-    ``normalize(obs) = clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)`` as
-    float32: exactly ``VecNormalize.normalize_obs`` with frozen statistics.
-    """
-
-    mean: np.ndarray
-    var: np.ndarray
-    count: float
-    clip_obs: float
-    epsilon: float
-
-    @classmethod
-    def from_vec_normalize(cls, venv: Any) -> ObsNormalization:
-        """The current statistics of a ``VecNormalize``."""
-        rms = venv.obs_rms
-        return cls(np.array(rms.mean, np.float64), np.array(rms.var, np.float64), float(rms.count), float(venv.clip_obs), float(venv.epsilon))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ObsNormalization:
-        return cls(
-            np.asarray(data["mean"], np.float64),
-            np.asarray(data["var"], np.float64),
-            float(data["count"]),
-            float(data["clip_obs"]),
-            float(data["epsilon"]),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean.tolist(),
-            "var": self.var.tolist(),
-            "count": self.count,
-            "clip_obs": self.clip_obs,
-            "epsilon": self.epsilon,
-        }
-
-    def normalize(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        return np.clip((obs - self.mean) / np.sqrt(self.var + self.epsilon), -self.clip_obs, self.clip_obs).astype(np.float32)
-
-
 @dataclass
 class LoadedPolicy:
     """A trained policy with the settings it was trained under.
@@ -129,13 +74,16 @@ class LoadedPolicy:
     path: Path
 
     @property
+    def env_config(self) -> EnvConfig:
+        """The env settings the run trained with."""
+        return EnvConfig.from_dict(self.config.get("env"), source=f"the {RunDir.CONFIG} of {self.path}")
+
+    @property
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`lrenv.LREnv` / :class:`lrenv.BatchedVecEnv` the run trained
-        with: ``features``, ``action_mode``, ``relative_factor``, ``reward``, ``divergence_penalty``,
-        ``target_loss``, ``task_config``, ``dtype``. The task, seed and device are not included:
-        pass them yourself (the training tasks are in :attr:`tasks`)."""
-        env = self.config["env"]
-        return {key: env[key] for key in ENV_KWARGS if key in env}
+        with: every :class:`lrenv.EnvConfig` field but ``device``. The task, seed and device are
+        not included: pass them yourself (the training tasks are in :attr:`tasks`)."""
+        return {k: v for k, v in self.env_config.to_dict().items() if k != "device"}
 
     @property
     def tasks(self) -> list[str]:
@@ -174,14 +122,6 @@ class LoadedPolicy:
         return f"LoadedPolicy(name={self.name!r}, path='{self.path}')"
 
 
-def _find_config(folder: Path) -> Path:
-    # a checkpoint folder (run/checkpoints/step_N) takes the config of its run
-    for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate / CONFIG_FILE
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {folder} or the run folder above it: is it a run folder written by agents.train?")
-
-
 def load_policy(path: str | Path, device: str = "cpu") -> LoadedPolicy:
     """Load a trained policy from a run folder, a checkpoint folder, or a ``model.zip`` in one.
 
@@ -197,18 +137,16 @@ def load_policy(path: str | Path, device: str = "cpu") -> LoadedPolicy:
     """
     path = Path(path)
     if path.is_dir():
-        folder, model_file = path, path / MODEL_FILE
+        folder, model_file = path, path / RunDir.MODEL
     else:
         folder, model_file = path.parent, path
     if not model_file.is_file():
-        hint = " (the run may have been interrupted before its end: use a folder in checkpoints/, or resume it)" if (folder / "checkpoints").is_dir() else ""
+        hint = " (the run may have been interrupted before its end: use a folder in checkpoints/, or resume it)" if RunDir(folder).checkpoints() else ""
         raise FileNotFoundError(f"no policy at {model_file}{hint}")
-    config = json.loads(_find_config(folder).read_text())
+    config = json.loads(RunDir.find_config(folder).read_text())
     model = algorithm_class(config["algo"]).load(model_file, device=device, custom_objects=_NO_SCHEDULES)
-    normalization = None
-    if (folder / NORMALIZATION_FILE).is_file():
-        normalization = ObsNormalization.from_dict(json.loads((folder / NORMALIZATION_FILE).read_text()))
-    elif config.get("normalize_obs"):
-        raise FileNotFoundError(f"the run normalised observations but {folder / NORMALIZATION_FILE} is missing")
+    normalization = RunDir.read_normalization(folder)
+    if normalization is None and config.get("normalize_obs"):
+        raise FileNotFoundError(f"the run normalised observations but {folder / RunDir.NORMALIZATION} is missing")
     name = config.get("name") or f"{config['algo']}-{'+'.join(config['tasks'])}-s{config['seed']}"
     return LoadedPolicy(model=model, config=config, normalization=normalization, name=name, path=folder)

@@ -9,12 +9,11 @@ at import time.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-
-import copy
-import warnings
 
 from lrenv.task import Task, TaskConfig, with_overrides
 

@@ -2,8 +2,8 @@
 
 :class:`PolicyScheduler` is a ``torch.optim.lr_scheduler.LRScheduler`` whose learning rate
 for each epoch is the action of a policy trained in :class:`lrenv.LREnv`. Observations are
-built by the env's own code (:class:`lrenv.features.Observer`), actions are mapped by the
-env's :class:`lrenv.actions.ActionMapping`, with the features, action mode and observation
+built by the env's own code (:class:`lrenv.env.features.Observer`), actions are mapped by the
+env's :class:`lrenv.env.actions.ActionMapping`, with the features, action mode and observation
 normalisation saved in the run's config: given the same losses, the scheduler sets the
 learning rates the env would have applied.
 
@@ -17,7 +17,7 @@ Usage in a plain loop (one ``step`` per epoch, losses as floats or 0-d tensors):
         valid_loss = evaluate(...)
         scheduler.step(train_loss=train_loss, valid_loss=valid_loss, train_loss_std=train_loss_std)
 
-What each input means (as in the env, see :mod:`lrenv.features`):
+What each input means (as in the env, see :mod:`lrenv.env.features`):
 
 * ``initial_train_loss`` / ``initial_valid_loss``: losses of the untrained model (epoch 0) on
   the train and validation data. Without them, the first ``step(...)`` call *is* epoch 0: call
@@ -47,9 +47,8 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from lrenv.actions import ActionMapping
 from lrenv.engine import EpochStats
-from lrenv.features import Observer
+from lrenv.env.features import Observer
 from lrenv.policy import LoadedPolicy, load_policy
 
 # Observer arrays that make up the scheduler's state (with the scheduler's own numbers)
@@ -110,9 +109,9 @@ class PolicyScheduler(LRScheduler):
             raise ValueError(f"lr_range must be (low, high) with 0 < low < high < inf, got {lr_range!r}")
         self.lr_range = (low, high)
         self.deterministic = deterministic
-        env = policy.config["env"]
-        self.observer = Observer(env["features"], n=1)
-        self.actions = ActionMapping(env["action_mode"], env["relative_factor"])
+        env = policy.env_config
+        self.observer = Observer(env.features, n=1)
+        self.actions = env.action_mapping()
         self.started = False  # epoch-0 losses seen
         self.lrs: list[float] = []  # policy LR chosen for epochs 1, 2, ...
         #: The latest raw observation (before normalisation), ``(n_features,)``; ``None`` before epoch 0.

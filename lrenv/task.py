@@ -16,7 +16,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+#: ``schedulefree_*``: the ``schedulefree`` package's SGD and AdamW (see :mod:`lrenv.engine.optim`).
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "schedulefree_sgd", "schedulefree_adamw")
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,13 @@ class TaskConfig:
     Attributes:
         epochs: Epoch budget of one inner run (= steps of one env episode).
         batch_size: Mini-batch size.
-        optimizer: One of ``"sgd"``, ``"momentum"`` (SGD with momentum), ``"adam"``, ``"adamw"``.
+        optimizer: One of ``"sgd"``, ``"momentum"`` (SGD with momentum), ``"adam"``, ``"adamw"``,
+            ``"schedulefree_sgd"``, ``"schedulefree_adamw"`` (Schedule-Free SGD with momentum
+            and AdamW).
         lr_range: ``(low, high)`` learning rates the action maps onto, log-uniformly.
         default_lr: A constant learning rate that trains reasonably; the starting LR of
             relative action mode and the plain baseline.
-        momentum: Momentum of ``"momentum"`` (and ``beta1`` of Adam/AdamW).
+        momentum: Momentum of ``"momentum"`` and the Schedule-Free optimizers, ``beta1`` of Adam/AdamW.
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW).
         divergence_factor: A run counts as diverged when a loss is non-finite or exceeds
             ``divergence_factor`` times its initial value.
@@ -128,7 +131,7 @@ class Task(abc.ABC):
         self.config = with_overrides(config or self.default_config, overrides, what=type(self).__name__)
 
     @abc.abstractmethod
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         """Return the task's data. Must not touch the network; may cache what it generates.
 
         The returned tensors may be shared between calls (cached): treat them as read-only.

@@ -10,13 +10,14 @@
 
 Importing registers and does nothing else: data are generated or read on the first
 ``task.data()`` call and cached in memory for the process (MNIST-1D also on disk, see
-:mod:`tasks._cache`). Nothing is ever downloaded.
+:mod:`lrenv.data_cache`). Nothing is ever downloaded.
 
-This package imports ``lrenv.task`` and ``lrenv.registry`` only (``lrenv/__init__.py``
-imports it at its end), never ``lrenv`` itself.
+Installed as ``lrenv.tasks`` (the folder sits at the top of the repository). It imports
+``lrenv.task``, ``lrenv.registry`` and ``lrenv.data_cache`` only, never ``lrenv``'s public
+API: ``lrenv/__init__.py`` imports this package at its end.
 """
 
-from tasks import digits, mnist1d, quadratic, text  # noqa: F401  (each registers its tasks)
+from lrenv.tasks import digits, mnist1d, quadratic, text  # noqa: F401  (each registers its tasks)
 
 #: The built-in task names, in the order of the table above.
 BUILTIN_TASKS = ("NoisyQuadratic-v0", "MNIST1D-MLP-v0", "MNIST1D-CNN-v0", "Digits-MLP-v0", "TextGRU-v1")

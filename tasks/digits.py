@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from lrenv.task import ClassificationTask, Split, TaskConfig, TaskData
-
-from tasks._common import register, seeded_module, standardise
+from lrenv.tasks._common import register, seeded_module, standardise
 
 N_TRAIN, N_VALID = 1197, 300
 
@@ -63,7 +62,7 @@ class DigitsMLP(ClassificationTask):
         target_loss=0.1,
     )
 
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         """The fixed splits; ``seed`` is accepted for the contract and ignored."""
         return load_data()
 

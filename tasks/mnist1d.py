@@ -5,7 +5,7 @@ enough to train in a fraction of a second per epoch on one CPU thread, hard enou
 models differ and overfit. The data are generated offline with the ``mnist1d`` package
 (``make_dataset(get_dataset_args())``, its default arguments and seed 42; never
 ``get_dataset``, which downloads) and cached as ``mnist1d-v1.npz`` in the lrenv cache
-directory (see :mod:`tasks._cache`).
+directory (see :mod:`lrenv.data_cache`).
 
 Splits (fixed; they do not depend on any seed): train = the generator's 4,000 ``x``;
 valid = the first 500 of its ``x_test``; test = the last 500 of ``x_test``.
@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lrenv.data_cache import cached_arrays
 from lrenv.task import ClassificationTask, Split, TaskConfig, TaskData
-
-from tasks._cache import cached_arrays
-from tasks._common import register, seeded_module, standardise
+from lrenv.tasks._common import register, seeded_module, standardise
 
 #: Cache file; bump the version when the generator's arguments or the stored arrays change.
 CACHE_FILE = "mnist1d-v1.npz"
@@ -66,7 +65,7 @@ def load_data() -> TaskData:
 
 
 class _MNIST1DTask(ClassificationTask):
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         """The fixed splits; ``seed`` is accepted for the contract and ignored."""
         return load_data()
 

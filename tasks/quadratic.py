@@ -48,8 +48,7 @@ import torch
 from torch import nn
 
 from lrenv.task import Split, Task, TaskConfig, TaskData
-
-from tasks._common import register
+from lrenv.tasks._common import register
 
 DIM = 100
 H_MIN, H_MAX = 1e-2, 1.0
@@ -115,7 +114,7 @@ class NoisyQuadratic(Task):
         target_loss=1e-3,
     )
 
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         """The fixed data; ``seed`` is accepted for the contract and ignored."""
         return load_data()
 

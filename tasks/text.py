@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from lrenv.task import ClassificationTask, Split, TaskConfig, TaskData
-
-from tasks._common import register, seeded_module
+from lrenv.tasks._common import register, seeded_module
 
 DATA_FILE = "pydoc_topics.txt"
 #: The corpus ends where the file's fourth topic begins.
@@ -118,7 +117,7 @@ class TextGRU(ClassificationTask):
     well-scaled LR within the budget, not by the default.
 
     A population of this task trains as one stacked computation, GRU included (the
-    engine's hand-written backward, :mod:`lrenv.stacked_layers`): about 38 run-epochs/s
+    engine's hand-written backward, :mod:`lrenv.engine.stacked_layers`): about 38 run-epochs/s
     on one CPU thread for 32 runs, against 8 for the same runs in a loop.
     """
 
@@ -135,7 +134,7 @@ class TextGRU(ClassificationTask):
         target_loss=1.85,
     )
 
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         """The fixed splits; ``seed`` is accepted for the contract and ignored."""
         return load_data()
 

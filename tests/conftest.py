@@ -29,7 +29,7 @@ class TinyClassifier(Task):
         epochs=5, batch_size=32, optimizer="momentum", lr_range=(1e-3, 30.0), default_lr=0.1, target_loss=0.3
     )
 
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(600, 8, generator=g)
         y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
@@ -105,7 +105,7 @@ class TinyCharModel(ClassificationTask):
 
     default_config = TinyClassifier.default_config
 
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, 5, (600, 7), generator=g)
         ids[:, 1::2] = (ids[:, 0::2][:, : ids[:, 1::2].shape[1]] * 2 + 1) % 5  # partly predictable

@@ -10,9 +10,10 @@ import torch
 from conftest import TinyClassifier
 
 import lrenv
-from lrenv import baselines
-from lrenv.baselines import BASELINES, make_policy, tuning_grid
+from lrenv import schedules
+from lrenv.baselines import BASELINES, make_policy
 from lrenv.evaluation import env_run_seed
+from lrenv.evaluation.tuning import lr_grid, tuning_grid
 
 T = 12
 LR_RANGE = (1e-3, 30.0)
@@ -116,7 +117,7 @@ def test_plateau_follows_reduce_lr_on_plateau_step_by_step():
     policy = make_policy("plateau", tiny(epochs=20).config, lr=0.5, patience=1)
     lrs, infos = env_lrs(policy, tiny(epochs=20), seed=0)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=baselines.PLATEAU_FACTOR, patience=1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=schedules.PLATEAU_FACTOR, patience=1)
     expected = []
     for info in infos[1:]:  # after each trained epoch
         expected.append(optimizer.param_groups[0]["lr"])
@@ -131,7 +132,7 @@ def test_bold_driver_raises_after_improvement_and_cuts_otherwise():
     lr, expected = 0.5, [0.5]
     losses = [i["valid_loss"] for i in infos]
     for t in range(1, len(lrs)):
-        lr = lr * (baselines.BOLD_UP if losses[t] < losses[t - 1] else baselines.BOLD_DOWN)
+        lr = lr * (schedules.BOLD_UP if losses[t] < losses[t - 1] else schedules.BOLD_DOWN)
         expected.append(min(max(lr, LR_RANGE[0]), LR_RANGE[1]))
         lr = expected[-1]
     np.testing.assert_allclose(lrs, expected, rtol=2e-6)
@@ -149,7 +150,7 @@ def test_policies_work_with_the_minimal_feature_set_and_single_observations():
 
 def test_fixed_schedule_replays_a_list():
     lrs = list(np.geomspace(1.0, 0.01, T))
-    got, _ = env_lrs(baselines.FixedSchedule(lrs, LR_RANGE))
+    got, _ = env_lrs(schedules.FixedSchedule(lrs, LR_RANGE))
     np.testing.assert_allclose(got, lrs, rtol=2e-6)
 
 
@@ -163,7 +164,7 @@ def test_tuning_grids_give_every_baseline_the_same_budget():
             make_policy(name, config, **trial)
     lrs = sorted({g["lr"] for g in tuning_grid("constant", config, 6)})
     assert lrs[0] == pytest.approx(0.3 * config.default_lr) and lrs[-1] == pytest.approx(min(30 * config.default_lr, config.lr_range[1]))
-    assert {g["lr"] for g in tuning_grid("cosine_horizon", config, 6)} == set(baselines.lr_grid(config, 3))
+    assert {g["lr"] for g in tuning_grid("cosine_horizon", config, 6)} == set(lr_grid(config, 3))
 
 
 def test_bad_input_is_a_clear_error():
@@ -182,8 +183,9 @@ def test_bad_input_is_a_clear_error():
 
 def _hand_schedule_free_run(task, seed: int, lrs: list[float]) -> list[float]:
     """Run seed's model trained by a plain loop with schedulefree's optimizer and train()/eval() switches."""
-    from lrenv.engine import run_seeds
     import schedulefree
+
+    from lrenv.engine import run_seeds
 
     init_seed, order_seed = run_seeds(env_run_seed(seed))
     with torch.random.fork_rng(devices=[]):
@@ -209,13 +211,13 @@ def _hand_schedule_free_run(task, seed: int, lrs: list[float]) -> list[float]:
 
 
 @pytest.mark.parametrize("batched", [False, None], ids=["loop", "stacked"])
-def test_schedule_free_engine_trains_like_schedulefree_in_a_plain_loop(batched):
-    from lrenv.episodes import EpisodeBatch
+def test_schedule_free_optimizer_trains_like_schedulefree_in_a_plain_loop(batched):
+    from lrenv.env.episodes import EpisodeBatch
 
     task = tiny(epochs=4)
-    engine = baselines.ScheduleFreeEngine(task, n_runs=2, device="cpu", batched=batched)
+    engine = lrenv.Engine(lrenv.make_task(task, optimizer="schedulefree_sgd"), n_runs=2, device="cpu", batched=batched)
     assert engine.batched == (batched is None)
-    batch = EpisodeBatch(engine, "standard", lrenv.ActionMapping(), "log_progress", 2.0)
+    batch = EpisodeBatch(engine, lrenv.EnvConfig())
     seeds = [5, 6]
     obs, _ = batch.start([0, 1], [env_run_seed(s) for s in seeds])
     policy = make_policy("schedule_free", task.config, lr=0.5, warmup=0.5)

@@ -6,7 +6,6 @@ import torch
 from conftest import TinyCharModel, TinyClassifier, TinyConvClassifier, TinyCustomModel, TinyDeepClassifier, TinyGRU, TinyLSTM
 
 from lrenv import Engine
-from lrenv.baselines import ScheduleFreeEngine
 
 SEEDS = [3, 4, 5, 6]
 #: The equivalence also runs on CUDA where there is one (issue 3's GPU check).
@@ -15,14 +14,14 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LRS = np.array([[0.2, 0.05, 0.02, 0.1], [0.03, 0.1, 0.01, 0.05], [0.01, 0.01, 0.05, 0.02]])
 
 
-def _population_and_alone(task, lrs, device="cpu", engine_type=Engine):
-    population = engine_type(task, n_runs=len(SEEDS), device=device, batched=True)
+def _population_and_alone(task, lrs, device="cpu"):
+    population = Engine(task, n_runs=len(SEEDS), device=device, batched=True)
     population.reset(SEEDS)
     for epoch_lrs in lrs:
         together = population.run_epoch(epoch_lrs)
     alone = []
     for k, seed in enumerate(SEEDS):
-        single = engine_type(task, n_runs=1, device=device)
+        single = Engine(task, n_runs=1, device=device)
         single.reset([seed])
         for epoch_lrs in lrs:
             stats = single.run_epoch(epoch_lrs[k : k + 1])
@@ -64,13 +63,13 @@ def test_batched_runs_equal_runs_alone(task_class, optimizer, device):
 
 
 @pytest.mark.parametrize("task_class", [TinyDeepClassifier, TinyCharModel], ids=["MLP", "GRU"])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adamw"])
+@pytest.mark.parametrize("optimizer", ["schedulefree_sgd", "schedulefree_adamw"])
 def test_schedule_free_population_equals_runs_alone(task_class, optimizer):
-    """Stacked Schedule-Free (lrenv.optim) against the schedulefree package's optimizer, run by run."""
-    scale = 0.01 if optimizer == "adamw" else 1.0
+    """Stacked Schedule-Free (lrenv.engine.optim) against the schedulefree package's optimizer, run by run."""
+    scale = 0.01 if optimizer == "schedulefree_adamw" else 1.0
     task = task_class(optimizer=optimizer, weight_decay=0.01)
-    population, together, alone = _population_and_alone(task, LRS * scale, engine_type=ScheduleFreeEngine)
-    assert population.batched and not ScheduleFreeEngine(task, n_runs=1).batched
+    population, together, alone = _population_and_alone(task, LRS * scale)
+    assert population.batched and not Engine(task, n_runs=1).batched
     for k, (stats, model) in enumerate(alone):
         assert together.valid_loss[k] == pytest.approx(stats.valid_loss[0], rel=1e-5)
         for got, want in zip(population.model(k).parameters(), model.parameters()):
@@ -78,7 +77,7 @@ def test_schedule_free_population_equals_runs_alone(task_class, optimizer):
     # a run restarted mid-way starts its averaging afresh, like a new optimizer
     population.reset([11], runs=[2])
     restarted = population.run_epoch(LRS[0] * scale)
-    single = ScheduleFreeEngine(task, n_runs=1)
+    single = Engine(task, n_runs=1)
     single.reset([11])
     assert restarted.valid_loss[2] == pytest.approx(single.run_epoch(LRS[0][2:3] * scale).valid_loss[0], rel=1e-5)
 

@@ -4,7 +4,7 @@ import torch
 
 from lrenv import Engine, TaskConfig
 from lrenv.engine import resolve_device, run_seeds
-from lrenv.trainers import make_optimizer
+from lrenv.engine.optim import make_optimizer
 
 
 def _train_alone(task, seed, lrs):

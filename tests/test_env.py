@@ -6,8 +6,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import lrenv
 from lrenv import LREnv
-
-from tasks import BUILTIN_TASKS
+from lrenv.tasks import BUILTIN_TASKS
 
 
 def _episode(env, actions, seed):
@@ -134,7 +133,7 @@ def test_task_list_samples_tasks_and_option_picks_one(tiny_task):
 
 
 def test_bad_arguments_name_what_is_allowed(tiny_task):
-    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) learning_rate; allowed: task, seed, device"):
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) learning_rate; allowed: task, seed, render_mode, config, features, .*, device"):
         LREnv(tiny_task, learning_rate=0.1)
     with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) bogus; allowed: task"):
         gym.make(lrenv.ENV_ID, task=tiny_task, bogus=1)

@@ -11,8 +11,9 @@ from conftest import TinyClassifier
 
 import lrenv
 from lrenv import evaluation
-from lrenv.baselines import Constant, make_policy
-from lrenv.evaluation import Contender, EnvSpec, Job, PolicyRef, Slot, compare, env_run_seed, run_job
+from lrenv.baselines import make_policy
+from lrenv.evaluation import Contender, Job, PolicyRef, Slot, compare, env_run_seed, run_job
+from lrenv.schedules import Constant
 
 
 def tiny(epochs: int = 5) -> TinyClassifier:
@@ -26,8 +27,8 @@ class StandInPolicy:
 
     def __init__(self, name: str = "standin", features: str = "standard") -> None:
         self.name = name
-        self.config = {"tasks": ["Tiny-v0"]}
-        self.env_kwargs = {"features": features, "action_mode": "absolute", "relative_factor": 2.0}
+        self.tasks = ["Tiny-v0"]
+        self.env_config = lrenv.EnvConfig(features=features)
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         obs = np.asarray(obs, dtype=np.float32)
@@ -81,7 +82,7 @@ def test_a_method_sees_exactly_the_lrenv_episode_of_its_seed():
         Slot("standin", (), 3, "eval", PolicyRef("object", name="standin", obj=standin)),
         Slot("cosine", cosine.params, 7, "eval", cosine),
     ]
-    job = Job(task, {}, EnvSpec(), slots, dtype="float64")
+    job = Job(task, lrenv.EnvConfig(dtype="float64", device="cpu"), slots)
     episodes = run_job(job)
     policies = {
         "cosine": make_policy("cosine", task.config, lr=0.8),
@@ -103,7 +104,7 @@ def test_a_learned_policy_and_a_baseline_train_identical_runs():
     learned = PolicyRef("object", name="constant-standin", obj=ConstantStandIn(lr, task.config.lr_range))
     seeds = [11, 12, 13]
     slots = [Slot("constant", base.params, s, "eval", base) for s in seeds] + [Slot("standin", (), s, "eval", learned) for s in seeds]
-    episodes = run_job(Job(task, {}, EnvSpec(), slots, dtype="float64", batched=False))
+    episodes = run_job(Job(task, lrenv.EnvConfig(dtype="float64", device="cpu"), slots, batched=False))
     for a, b in zip(episodes[:3], episodes[3:]):
         assert a.seed == b.seed and a.run_seed == b.run_seed
         np.testing.assert_allclose(a.lrs, b.lrs, rtol=1e-6)  # float32 actions
@@ -120,13 +121,13 @@ def fake_runs(monkeypatch):
         loaded[path] = StandInPolicy(name=f"learned-{path.rsplit('/', 1)[-1]}")
         return loaded[path]
 
-    monkeypatch.setattr(lrenv, "load_policy", load_policy, raising=False)
+    monkeypatch.setattr(lrenv.policy, "load_policy", load_policy)
     return loaded
 
 
 def test_compare_adds_learned_policies_on_the_same_seeds(fake_runs, tmp_path):
     contender = evaluation.load_run(str(tmp_path / "run1"))
-    assert contender.name == "learned-run1" and contender.env == EnvSpec()
+    assert contender.name == "learned-run1" and contender.env == lrenv.EnvConfig()
     results = compare([tiny()], baselines=["constant", "cosine", "schedule_free"], contenders=[contender], eval_seeds=4, tune_seeds=2, trials=2)
     assert results.methods == ["constant", "cosine", "schedule_free", "learned-run1"]
     assert results.kinds["learned-run1"] == "learned" and results.kinds["schedule_free"] == "reference"
@@ -188,7 +189,7 @@ def test_no_tuned_baseline_beats_the_optimal_schedule_on_the_noisy_quadratic():
 
 
 def test_cli_writes_tables_csv_and_plots(fake_runs, tmp_path, capsys):
-    from agents import evaluate
+    from lrenv.agents import evaluate
 
     out = tmp_path / "out"
     argv = ["--tasks", "Digits-MLP-v0", "--quick", "--workers", "0", "--no-cache", "--no-progress", "--out", str(out)]
@@ -207,9 +208,8 @@ def test_cli_writes_tables_csv_and_plots(fake_runs, tmp_path, capsys):
 
 
 def test_task_groups_and_bad_input():
-    from agents import evaluate
-
-    import tasks
+    from lrenv import tasks
+    from lrenv.agents import evaluate
 
     assert set(tasks.TRAIN_TASKS) | set(tasks.HELDOUT_TASKS) == set(tasks.BUILTIN_TASKS)
     assert not set(tasks.TRAIN_TASKS) & set(tasks.HELDOUT_TASKS)
@@ -226,17 +226,11 @@ def test_task_groups_and_bad_input():
         compare(["Unknown-v0"])
 
 
-def test_load_run_without_load_policy_is_a_clear_error(monkeypatch):
-    monkeypatch.delattr(lrenv, "load_policy", raising=False)
-    with pytest.raises(RuntimeError, match="load_policy is not available"):
-        evaluation.load_run("runs/x")
-
-
 def test_a_diverged_run_scores_as_the_env_scores_it():
     task = tiny(epochs=4)
     ref = PolicyRef("baseline", name="constant", params=(("lr", 30.0),))  # the top of the range diverges
     ok = PolicyRef("baseline", name="constant", params=(("lr", 0.1),))
-    (bad, good) = run_job(Job(task, {}, EnvSpec(), [Slot("constant", ref.params, 1, "eval", ref), Slot("constant", ok.params, 1, "eval", ok)]))
+    (bad, good) = run_job(Job(task, lrenv.EnvConfig(device="cpu"), [Slot("constant", ref.params, 1, "eval", ref), Slot("constant", ok.params, 1, "eval", ok)]))
     assert bad.diverged and not good.diverged
     assert bad.score == -2.0 and bad.final_loss == pytest.approx(bad.initial_loss * math.exp(2.0))
     assert bad.accepted == 0.0 and math.isnan(bad.test_loss)

@@ -17,7 +17,7 @@ class Regression(Task):
 
     default_config = TaskConfig(epochs=4, batch_size=16, optimizer="adam", lr_range=(1e-4, 1.0), default_lr=0.01)
 
-    def data(self, seed: int = 0) -> TaskData:
+    def data(self) -> TaskData:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(200, 4, generator=g)
         y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.1 * torch.randn(200, 1, generator=g)
@@ -118,7 +118,7 @@ def test_task_from_an_installed_entry_point_package(tmp_path, monkeypatch):
             class DemoLinear(Task):
                 default_config = TaskConfig(epochs=2, batch_size=10, optimizer="sgd", lr_range=(1e-3, 1.0), default_lr=0.1)
 
-                def data(self, seed=0):
+                def data(self):
                     g = torch.Generator().manual_seed(0)
                     x = torch.randn(60, 3, generator=g)
                     y = x.sum(1, keepdim=True)

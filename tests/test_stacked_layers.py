@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrenv.stacked_layers import StackedSequential
+from lrenv.engine.stacked_layers import StackedSequential
 
 N_RUNS = 3
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from lrenv.stand_ins import FlatLinear, UnrolledGRU, supports, vmappable
+from lrenv.engine.stand_ins import FlatLinear, UnrolledGRU, supports, vmappable
 
 
 @pytest.mark.parametrize(

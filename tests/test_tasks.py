@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-import tasks
+from lrenv import data_cache, tasks
 from lrenv.registry import list_tasks, make_task
 from lrenv.task import Split, Task, TaskConfig, TaskData
-from tasks import _cache, _common, digits, mnist1d, quadratic, text
+from lrenv.tasks import _common, digits, mnist1d, quadratic, text
 
 torch.set_num_threads(1)
 
@@ -43,7 +43,7 @@ def fresh_mnist1d(tmp_path_factory):
     """Generate MNIST-1D into an empty cache directory, watching Python's and NumPy's RNGs."""
     cache = tmp_path_factory.mktemp("lrenv-cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(_cache.CACHE_ENV, str(cache))
+        mp.setenv(data_cache.CACHE_ENV, str(cache))
         mnist1d.load_data.cache_clear()
         random.seed(123)
         np.random.seed(456)
@@ -121,7 +121,7 @@ def test_registering_the_same_class_again_is_harmless_and_a_clash_is_an_error():
 
 def test_import_registers_and_does_nothing_else():
     code = (
-        "import sys, threading, tasks\n"
+        "import sys, threading\nimport lrenv.tasks as tasks\n"
         "from lrenv.registry import list_tasks\n"
         "heavy = [m for m in ('mnist1d', 'sklearn', 'pydoc_data') if m in sys.modules]\n"
         "cached = [m.__name__ for m in (tasks.digits, tasks.mnist1d, tasks.quadratic, tasks.text)"
@@ -162,7 +162,7 @@ def test_data_shapes_dtypes_and_fixed_splits(name):
         else:
             assert split.y.dtype == torch.int64
     # cached per process and independent of the seed
-    assert task.data() is data and task.data(seed=7) is data and make_task(name).data() is data
+    assert task.data() is data and make_task(name).data() is data
 
 
 def test_mnist1d_splits_are_disjoint_and_standardised(fresh_mnist1d):
@@ -277,39 +277,39 @@ def test_mnist1d_restores_global_rngs_and_reuses_its_disk_cache(fresh_mnist1d, m
 
 
 def test_cached_arrays_writes_once_and_regenerates_a_damaged_file(tmp_path, monkeypatch):
-    monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path / "sub"))
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(tmp_path / "sub"))
     calls = []
 
     def generate():
         calls.append(1)
         return {"a": np.arange(5.0), "b": np.ones((2, 3), dtype=np.int64), "unused": np.zeros(1)}
 
-    first = _cache.cached_arrays("demo-v1.npz", ("a", "b"), generate)
-    second = _cache.cached_arrays("demo-v1.npz", ("a", "b"), generate)
+    first = data_cache.cached_arrays("demo-v1.npz", ("a", "b"), generate)
+    second = data_cache.cached_arrays("demo-v1.npz", ("a", "b"), generate)
     assert len(calls) == 1
     assert np.array_equal(first["a"], second["a"]) and np.array_equal(first["b"], second["b"])
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["demo-v1.npz"]  # no temp files left
     (tmp_path / "sub" / "demo-v1.npz").write_bytes(b"not a zip file")
     with pytest.warns(UserWarning, match="unreadable cache file"):
-        third = _cache.cached_arrays("demo-v1.npz", ("a", "b"), generate)
+        third = data_cache.cached_arrays("demo-v1.npz", ("a", "b"), generate)
     assert len(calls) == 2 and np.array_equal(third["a"], first["a"])
-    assert _cache.load_npz(tmp_path / "sub" / "demo-v1.npz", ("a", "b")) is not None
+    assert data_cache.load_npz(tmp_path / "sub" / "demo-v1.npz", ("a", "b")) is not None
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv(_cache.CACHE_ENV, str(tmp_path / "x"))
-    assert _cache.cache_dir() == tmp_path / "x"
-    monkeypatch.delenv(_cache.CACHE_ENV)
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(tmp_path / "x"))
+    assert data_cache.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(data_cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert _cache.cache_dir() == tmp_path / "xdg" / "lrenv"
+    assert data_cache.cache_dir() == tmp_path / "xdg" / "lrenv"
 
 
 def test_an_unwritable_cache_warns_and_still_returns_the_data(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory should be")
-    monkeypatch.setenv(_cache.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setenv(data_cache.CACHE_ENV, str(blocker / "cache"))
     with pytest.warns(UserWarning, match="could not write"):
-        arrays = _cache.cached_arrays("demo-v1.npz", ("a",), lambda: {"a": np.arange(3)})
+        arrays = data_cache.cached_arrays("demo-v1.npz", ("a",), lambda: {"a": np.arange(3)})
     assert arrays["a"].tolist() == [0, 1, 2]
 
 

@@ -1,24 +1,90 @@
-"""Optimizers for a population of runs whose parameters are stacked along dimension 0.
+"""The optimizers a task's config names, for one run (torch) and for a stacked population.
 
-:class:`BatchedOptimizer` updates N runs at once, run k with its own learning rate, and
-computes exactly what ``torch.optim.SGD`` (with or without momentum), ``Adam`` and ``AdamW``
-compute for run k alone (same formulas and order of operations as their ``foreach``
-implementations; Adam's bias corrections in float64, as torch does with Python floats).
-:class:`BatchedScheduleFree` does the same for the ``schedulefree`` package's optimizers.
-Both have one interface: ``reset_runs``, ``prepare_epoch``, ``step`` per batch, ``finish_epoch``.
+``TaskConfig.optimizer`` is one of ``sgd``, ``momentum``, ``adam``, ``adamw``,
+``schedulefree_sgd`` and ``schedulefree_adamw``. :func:`make_optimizer` builds the torch
+optimizer of one run (the ``schedulefree`` package's ``SGDScheduleFree`` /
+``AdamWScheduleFree`` for the last two), :func:`make_stacked_optimizer` the
+:class:`StackedOptimizer` of a population whose parameters are stacked along dimension 0:
+
+- :class:`BatchedOptimizer` updates N runs at once, run k with its own learning rate, and
+  computes exactly what ``torch.optim.SGD`` (with or without momentum), ``Adam`` and
+  ``AdamW`` compute for run k alone (same formulas and order of operations as their
+  ``foreach`` implementations; Adam's bias corrections in float64, as torch does with
+  Python floats).
+- :class:`BatchedScheduleFree` does the same for the ``schedulefree`` package's optimizers.
+
+Schedule-Free optimizers hold the training iterate y during an epoch and the averaged
+iterate x between epochs (their ``train()`` / ``eval()`` switches): the engine evaluates x.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
+import schedulefree
 import torch
+from torch import nn
 
 from lrenv.task import TaskConfig
 
 ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
+
+
+def make_optimizer(params: list[nn.Parameter], config: TaskConfig, lr: float) -> torch.optim.Optimizer:
+    """The torch optimizer a task's config names, with its momentum (beta1) and weight decay.
+
+    Schedule-Free ones get no internal warmup (a schedule provides it); call their
+    ``train()`` before and ``eval()`` after each epoch (:func:`switches_modes`).
+    """
+    beta1, wd = config.momentum, config.weight_decay
+    name = config.optimizer
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(beta1, ADAM_BETA2), weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(beta1, ADAM_BETA2), weight_decay=wd)
+    if name == "schedulefree_sgd":
+        return schedulefree.SGDScheduleFree(params, lr=lr, momentum=beta1, weight_decay=wd)
+    return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(beta1, ADAM_BETA2), weight_decay=wd)
+
+
+def switches_modes(config: TaskConfig) -> bool:
+    """Whether the optimizer needs ``train()`` before and ``eval()`` after each epoch (Schedule-Free)."""
+    return config.optimizer.startswith("schedulefree_")
+
+
+def schedule_free_variant(optimizer: str) -> str:
+    """The Schedule-Free optimizer that stands in for ``optimizer``: SGD for the SGD family, AdamW for Adam's."""
+    return "schedulefree_sgd" if optimizer in ("sgd", "momentum", "schedulefree_sgd") else "schedulefree_adamw"
+
+
+class StackedOptimizer(Protocol):
+    """Updates a population's stacked parameters ``[N, ...]``, run k at its own learning rate."""
+
+    def reset_runs(self, runs: Sequence[int]) -> None:
+        """Clear the optimizer state of runs that start afresh."""
+
+    def prepare_epoch(self, lrs: np.ndarray, n_steps: int) -> None:
+        """Before an epoch of ``n_steps`` updates at per-run learning rates ``lrs``."""
+
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        """One update of every run from its gradients (stacked like the parameters)."""
+
+    def finish_epoch(self) -> None:
+        """After the epoch's last update."""
+
+
+def make_stacked_optimizer(params: Sequence[torch.Tensor], config: TaskConfig) -> StackedOptimizer:
+    """The stacked counterpart of :func:`make_optimizer` for the optimizer ``config`` names."""
+    if switches_modes(config):
+        return BatchedScheduleFree(params, config)
+    return BatchedOptimizer(params, config)
 
 
 def _per_run(values: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -115,10 +181,10 @@ class BatchedOptimizer:
 class BatchedScheduleFree:
     """Schedule-Free SGD or AdamW (Defazio et al., 2024) over stacked parameters ``[N, ...]``.
 
-    Run k computes what the ``schedulefree`` package's ``SGDScheduleFree`` (``sgd`` and
-    ``momentum`` tasks) or ``AdamWScheduleFree`` (``adam``/``adamw`` tasks) computes for it
-    alone, with the settings of :func:`lrenv.baselines.schedule_free_optimizer` (beta1 = the
-    task's momentum, its weight decay, no internal warmup, ``r`` = 0, ``weight_lr_power`` = 2),
+    Run k computes what the ``schedulefree`` package's ``SGDScheduleFree``
+    (``schedulefree_sgd``) or ``AdamWScheduleFree`` (``schedulefree_adamw``) computes for it
+    alone, with the settings of :func:`make_optimizer` (beta1 = the task's momentum, its
+    weight decay, no internal warmup, ``r`` = 0, ``weight_lr_power`` = 2),
     and with ``train()`` before each epoch and ``eval()`` after it: between epochs the
     parameters hold the averaged iterate x. The per-run scalars of the averaging (``lr_max``,
     ``weight_sum``, ``c_{k+1}``) are computed on the host in float64, as the package does with
@@ -133,7 +199,7 @@ class BatchedScheduleFree:
         self.params = list(params)
         self.config = config
         self.n = self.params[0].shape[0]
-        self.adam = config.optimizer in ("adam", "adamw")
+        self.adam = config.optimizer == "schedulefree_adamw"
         self.beta1 = config.momentum
         self.steps = np.zeros(self.n, dtype=np.int64)
         self.lr_max = np.full(self.n, -1.0)

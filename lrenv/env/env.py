@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from lrenv.actions import ActionMapping
 from lrenv.engine import Engine
-from lrenv.episodes import EpisodeBatch
-from lrenv.features import Observer
+from lrenv.env.config import EnvConfig
+from lrenv.env.episodes import EpisodeBatch
+from lrenv.env.features import Observer
+from lrenv.env.rewards import resolve_target
 from lrenv.registry import make_task
-from lrenv.rewards import get_reward, resolve_target
 from lrenv.task import Task
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: LREnv's own arguments; every other keyword is a field of :class:`EnvConfig`.
+ENV_ARGUMENTS = ("task", "seed", "render_mode", "config")
 
 
 class LREnv(gym.Env):
@@ -39,7 +37,7 @@ class LREnv(gym.Env):
 
     ## Observation space
     A float32 vector with finite bounds, scale-free so one policy transfers across tasks;
-    see :mod:`lrenv.features` for the tables. ``features="standard"`` (8 values: progress
+    see :mod:`lrenv.env.features` for the tables. ``features="standard"`` (8 values: progress
     i/T, log LR in range, log train and validation loss relative to epoch 0, their last
     changes, within-epoch batch-loss spread, generalisation gap) or ``"minimal"``
     (progress and log relative validation loss: Ψ(ε, i) exactly as posed).
@@ -48,7 +46,7 @@ class LREnv(gym.Env):
     ``reward="log_progress"`` (default): ``log(L_{t-1}/L_t)`` on validation loss, so an
     episode's return is ``log(L_0/L_T)``. ``"final_loss"``: the same return, paid at the end.
     ``"time_to_target"``: -1 per epoch until the validation loss reaches ``target_loss``.
-    See :mod:`lrenv.rewards`, including the divergence penalty.
+    See :mod:`lrenv.env.rewards`, including the divergence penalty.
 
     ## Episode end
     ``terminated``: the run diverged (a loss is non-finite or exceeds ``divergence_factor``
@@ -72,19 +70,14 @@ class LREnv(gym.Env):
         task: A registered task name, a :class:`lrenv.Task`, or a list of them to sample
             from (uniformly) per episode.
         seed: Seed of the first ``reset()`` when that call passes none.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        dtype: ``"float32"`` or ``"float64"`` for the inner model and data.
-        reward: ``"log_progress"``, ``"final_loss"`` or ``"time_to_target"``.
-        action_mode: ``"absolute"`` or ``"relative"``.
-        relative_factor: f of relative mode (per-epoch factor range [1/f, f]).
-        features: ``"standard"`` or ``"minimal"``.
-        divergence_penalty: p > 0, see Episode end.
-        target_loss: Target validation loss of ``"time_to_target"``; defaults to each task's
-            ``target_loss``.
-        task_config: :class:`lrenv.TaskConfig` overrides applied to every task (e.g.
-            ``{"epochs": 10}``).
         render_mode: ``None``, ``"ansi"`` (a text line per epoch) or ``"rgb_array"`` (LR and
             loss curves of the episode so far).
+        config: An :class:`lrenv.EnvConfig`; keyword settings below are applied on top of it.
+        **settings: Fields of :class:`lrenv.EnvConfig`: ``features``, ``action_mode``,
+            ``relative_factor``, ``reward``, ``divergence_penalty``, ``target_loss``
+            (of ``"time_to_target"``; default: each task's), ``task_config`` (TaskConfig
+            overrides for every task, e.g. ``{"epochs": 10}``), ``dtype``, ``device``.
+            An unknown one is a ``TypeError`` that lists the allowed arguments.
 
     ## Version history
     * v0: initial version.
@@ -97,43 +90,22 @@ class LREnv(gym.Env):
         task: str | Task | Sequence[str | Task] = "MNIST1D-MLP-v0",
         *,
         seed: int | None = None,
-        device: str | torch.device | None = "auto",
-        dtype: str = "float32",
-        reward: str = "log_progress",
-        action_mode: str = "absolute",
-        relative_factor: float = 2.0,
-        features: str = "standard",
-        divergence_penalty: float = 2.0,
-        target_loss: float | None = None,
-        task_config: dict[str, Any] | None = None,
         render_mode: str | None = None,
-        **unknown: Any,
+        config: EnvConfig | None = None,
+        **settings: Any,
     ) -> None:
-        if unknown:
-            allowed = [p for p in inspect.signature(LREnv.__init__).parameters if p not in ("self", "unknown")]
-            raise TypeError(f"LREnv got unknown keyword argument(s) {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}")
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        self.config = EnvConfig.from_kwargs(settings, base=config, owner="LREnv", other_arguments=ENV_ARGUMENTS)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; choose None or one of {', '.join(self.metadata['render_modes'])}")
-        if not (math.isfinite(divergence_penalty) and divergence_penalty > 0):
-            raise ValueError(f"divergence_penalty must be a finite number > 0, got {divergence_penalty!r}")
         specs = [task] if isinstance(task, (str, Task)) else list(task)
         if not specs:
             raise ValueError("task must name at least one task")
-        self.tasks: list[Task] = [make_task(t, **(task_config or {})) for t in specs]
-        get_reward(reward)
+        self.tasks: list[Task] = [make_task(t, **self.config.task_overrides) for t in specs]
         for t in self.tasks:
-            resolve_target(reward, target_loss, t.config.target_loss, t.name)
-        self.reward_name = reward
-        self.target_loss = target_loss
-        self.divergence_penalty = float(divergence_penalty)
-        self.features = features
-        self.device = device
-        self.dtype = DTYPES[dtype]
-        self.actions = ActionMapping(action_mode, relative_factor)
+            resolve_target(self.config.reward, self.config.target_loss, t.config.target_loss, t.name)
+        self.actions = self.config.action_mapping()
         self.action_space = self.actions.space
-        self.observation_space = Observer(features).space
+        self.observation_space = Observer(self.config.features).space
         self.render_mode = render_mode
         self._default_seed = seed
         self._batches: dict[int, EpisodeBatch] = {}
@@ -194,10 +166,8 @@ class LREnv(gym.Env):
         """The episode bookkeeping (and engine) of the current task, created on first use."""
         index = self._task_index
         if index not in self._batches:
-            engine = Engine(self.tasks[index], n_runs=1, device=self.device, dtype=self.dtype)
-            self._batches[index] = EpisodeBatch(
-                engine, self.features, self.actions, self.reward_name, self.divergence_penalty, self.target_loss
-            )
+            engine = Engine(self.tasks[index], n_runs=1, device=self.config.device, dtype=self.config.torch_dtype)
+            self._batches[index] = EpisodeBatch(engine, self.config)
         return self._batches[index]
 
 

@@ -1,8 +1,8 @@
-"""The engine: the one place that trains inner models.
+"""Engine: a population of runs of one task on one device, trained one epoch per call.
 
 An :class:`Engine` holds a population of ``n_runs`` runs of one task on one device. Each
 run has its own parameters, optimizer state, seed (initialisation and data order) and
-learning rate; :mod:`lrenv.trainers` trains them as a loop or as one stacked computation.
+learning rate; :mod:`lrenv.engine.trainers` trains them as a loop or as one stacked computation.
 :meth:`Engine.run_epoch` trains every run for one epoch at the learning rates it is given
 and returns :class:`EpochStats` with one host read for the whole population.
 
@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrenv.optim import BatchedOptimizer, BatchedScheduleFree
+from lrenv.engine.trainers import LoopTrainer, NotBatchable, StackedTrainer
 from lrenv.task import Split, Task
-from lrenv.trainers import LoopTrainer, NotBatchable, StackedTrainer
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,9 @@ class Engine:
             stacked (buffers such as BatchNorm, dropout, ops without a vmap rule such as
             ``nn.LSTM``) falls back to the loop with a one-line warning. A model that is a
             chain of Linear, Conv1d, Embedding, GRU and activation layers trains through a
-            hand-written stacked backward (:mod:`lrenv.stacked_layers`) on any device. Any
+            hand-written stacked backward (:mod:`lrenv.engine.stacked_layers`) on any device. Any
             other model with an ``nn.GRU`` is stacked through an unrolled stand-in
-            (:mod:`lrenv.stand_ins`) on CUDA or when ``batched=True``; on a CPU that is no
+            (:mod:`lrenv.engine.stand_ins`) on CUDA or when ``batched=True``; on a CPU that is no
             faster than the fused module in a loop, so ``None`` loops there.
 
     Runs start untrained; call :meth:`reset` before :meth:`run_epoch`. Run k of a
@@ -120,20 +119,13 @@ class Engine:
         """Whether the runs train as one stacked computation."""
         return isinstance(self.trainer, StackedTrainer)
 
-    #: How runs train one after another, and the optimizer of stacked runs (a subclass may swap both).
-    loop_trainer_type: type[LoopTrainer] = LoopTrainer
-    stacked_optimizer_type: type[BatchedOptimizer] | type[BatchedScheduleFree] = BatchedOptimizer
-
     def _pick_trainer(self, batched: bool | None) -> tuple[LoopTrainer | StackedTrainer, str | None]:
         if batched is False or (batched is None and self.n_runs == 1):
-            return self.loop_trainer_type(self.task, self.n_runs), None
+            return LoopTrainer(self.task, self.n_runs), None
         try:
             # a GRU outside a chain vmaps only unrolled: that pays on a GPU; on a CPU the fused module in a loop is as fast
             unroll = batched is True or self.device.type == "cuda"
-            trainer = StackedTrainer(
-                self.task, self.n_runs, self._new_model(0), self.train, unroll_recurrent=unroll, optimizer_type=self.stacked_optimizer_type
-            )
-            return trainer, None
+            return StackedTrainer(self.task, self.n_runs, self._new_model(0), self.train, unroll_recurrent=unroll), None
         except NotBatchable as exc:
             reason = str(exc)
         warnings.warn(
@@ -141,7 +133,7 @@ class Engine:
             f"training its {self.n_runs} runs in a loop",
             stacklevel=3,
         )
-        return self.loop_trainer_type(self.task, self.n_runs), reason
+        return LoopTrainer(self.task, self.n_runs), reason
 
     def _new_model(self, init_seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # module constructors draw from the global RNG

@@ -28,7 +28,7 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
-from lrenv.stand_ins import unrollable_gru
+from lrenv.engine.stand_ins import unrollable_gru
 
 #: Linear layers with fewer outputs than this run as ``(W @ h^T)^T``: ~2-3x faster than ``h @ W^T``.
 NARROW_OUTPUT = 16

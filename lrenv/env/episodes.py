@@ -1,9 +1,10 @@
 """N episodes of one task driven in lockstep: the bookkeeping LREnv and BatchedVecEnv share.
 
 An :class:`EpisodeBatch` joins an :class:`~lrenv.engine.Engine` (training), an
-:class:`~lrenv.features.Observer` (observations), an :class:`~lrenv.actions.ActionMapping`
-(actions → learning rates) and a reward function, for N runs of one task. It knows when
-an episode ends; what happens then (wait for ``reset()``, or autoreset) is its owner's choice.
+:class:`~lrenv.env.features.Observer` (observations), an :class:`~lrenv.env.actions.ActionMapping`
+(actions → learning rates) and a reward function, as an :class:`~lrenv.env.config.EnvConfig`
+sets them, for N runs of one task. It knows when an episode ends; what happens then (wait
+for ``reset()``, or autoreset) is its owner's choice.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lrenv.actions import ActionMapping
 from lrenv.engine import Engine, EpochStats
-from lrenv.features import Observer
-from lrenv.rewards import RewardInput, get_reward, resolve_target
+from lrenv.env.config import EnvConfig
+from lrenv.env.features import Observer
+from lrenv.env.rewards import RewardInput, get_reward, resolve_target
 
 
 class EpisodeBatch:
@@ -24,31 +25,19 @@ class EpisodeBatch:
 
     Args:
         engine: Trains the runs (its task gives budget, LR range and target loss).
-        features: Feature set of the observations.
-        actions: Action mapping.
-        reward: Reward name (see :mod:`lrenv.rewards`).
-        divergence_penalty: Return of a diverged episode is ``-divergence_penalty``.
-        target_loss: Target of ``"time_to_target"``; the task's own when ``None``.
+        config: Features, action mapping, reward, divergence penalty and target loss.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        features: str,
-        actions: ActionMapping,
-        reward: str,
-        divergence_penalty: float,
-        target_loss: float | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, config: EnvConfig) -> None:
         n = engine.n_runs
         cfg = engine.task.config
         self.engine = engine
         self.n = n
-        self.observer = Observer(features, n=n)
-        self.actions = actions
-        self._reward = get_reward(reward)
-        self.divergence_penalty = divergence_penalty
-        target = resolve_target(reward, target_loss, cfg.target_loss, engine.task.name)
+        self.observer = Observer(config.features, n=n)
+        self.actions = config.action_mapping()
+        self._reward = get_reward(config.reward)
+        self.divergence_penalty = config.divergence_penalty
+        target = resolve_target(config.reward, config.target_loss, cfg.target_loss, engine.task.name)
         self.target = np.full(n, np.nan if target is None else float(target))
         self.epochs = np.full(n, cfg.epochs, dtype=np.int64)
         self.lr_range = np.tile(np.array(cfg.lr_range, dtype=np.float64), (n, 1))

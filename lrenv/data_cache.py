@@ -1,4 +1,4 @@
-"""A small on-disk cache for generated data sets (``.npz``), safe under concurrency.
+"""A small on-disk cache for the data sets tasks generate (``.npz``), safe under concurrency.
 
 The cache directory is ``$LRENV_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/lrenv``, else
 ``~/.cache/lrenv``. Files are written to a temporary file in the same directory and then

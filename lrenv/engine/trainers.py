@@ -5,8 +5,8 @@ after another: it works for every task. :class:`StackedTrainer` stacks the N run
 parameters along a new first dimension and trains them as one computation
 (``torch.func.functional_call`` under ``vmap``, gradients by autograd, or, for models that
 are chains of Linear, Conv1d, Embedding, GRU and activation layers, by the hand-written
-backward of :class:`~lrenv.stacked_layers.StackedSequential`, 1.3-1.6x faster on a CPU), with
-a stacked optimizer of :mod:`lrenv.optim`.
+backward of :class:`~lrenv.engine.stacked_layers.StackedSequential`, 1.3-1.6x faster on a CPU), with
+the stacked optimizer of :mod:`lrenv.engine.optim` that the task's config names.
 Both produce, for run k, what run k trained alone with the matching torch optimizer
 produces (up to float rounding).
 
@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from lrenv.optim import BatchedOptimizer, BatchedScheduleFree
-from lrenv.stacked_layers import StackedSequential
-from lrenv.stand_ins import unrollable_gru, vmappable
-from lrenv.task import ClassificationTask, Split, Task, TaskConfig
+from lrenv.engine.optim import make_optimizer, make_stacked_optimizer, switches_modes
+from lrenv.engine.stacked_layers import StackedSequential
+from lrenv.engine.stand_ins import unrollable_gru, vmappable
+from lrenv.task import ClassificationTask, Split, Task
 
 #: Samples per forward pass when evaluating a split (memory bound, not a training setting);
 #: a population of N runs evaluates ``EVAL_CHUNK // N`` (at least ``MIN_EVAL_CHUNK``) at a time,
@@ -36,21 +36,12 @@ EVAL_CHUNK = 4096
 MIN_EVAL_CHUNK = 256
 
 
-def make_optimizer(params: list[nn.Parameter], config: TaskConfig, lr: float) -> torch.optim.Optimizer:
-    """The torch optimizer a task's config names, with its momentum and weight decay."""
-    cfg = config
-    beta1, wd = cfg.momentum, cfg.weight_decay
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=wd)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, betas=(beta1, 0.999), weight_decay=wd)
-
-
 class LoopTrainer:
-    """One module and torch optimizer per run, trained one after another."""
+    """One module and torch optimizer per run, trained one after another.
+
+    A Schedule-Free optimizer is switched to ``train()`` for the epoch and back to
+    ``eval()`` after it, so that between epochs the parameters hold the averaged iterate.
+    """
 
     def __init__(self, task: Task, n_runs: int) -> None:
         self.task = task
@@ -65,18 +56,25 @@ class LoopTrainer:
     def train_epoch(self, lrs: np.ndarray, perms: torch.Tensor, train: Split, losses_out: torch.Tensor) -> None:
         batch, loss_fn = self.task.config.batch_size, self.task.loss
         x, y = train.x, train.y
+        modes = switches_modes(self.task.config)
         for k, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             assert model is not None and optimizer is not None
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[k])
             model.train()
+            if modes:
+                optimizer.train()  # type: ignore[attr-defined]
             out_k = losses_out[k]
-            for b, idx in enumerate(perms[k].split(batch)):
-                loss = loss_fn(model(x[idx]), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                out_k[b] = loss.detach()
+            try:
+                for b, idx in enumerate(perms[k].split(batch)):
+                    loss = loss_fn(model(x[idx]), y[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    out_k[b] = loss.detach()
+            finally:
+                if modes:
+                    optimizer.eval()  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def evaluate(self, split: Split, runs: Sequence[int]) -> tuple[tuple[str, ...], torch.Tensor]:
@@ -130,10 +128,9 @@ class StackedTrainer:
         template: A model of the task (its structure; its parameter values are not used).
         train: The train split (a few samples run through the model as a check).
         unroll_recurrent: Stack an ``nn.GRU`` that the hand-written backward does not cover
-            through its unrolled stand-in (:mod:`lrenv.stand_ins`). Worth it on a GPU; on a
+            through its unrolled stand-in (:mod:`lrenv.engine.stand_ins`). Worth it on a GPU; on a
             CPU the stand-in of a population of 32 runs measured no faster than the fused
             module in a loop.
-        optimizer_type: The stacked optimizer (:mod:`lrenv.optim`).
 
     Raises:
         NotBatchable: the model has buffers (e.g. BatchNorm), dropout, an ``nn.GRU`` that
@@ -147,7 +144,6 @@ class StackedTrainer:
         template: nn.Module,
         train: Split,
         unroll_recurrent: bool = True,
-        optimizer_type: type[BatchedOptimizer] | type[BatchedScheduleFree] = BatchedOptimizer,
     ) -> None:
         self.task = task
         self.n = n_runs
@@ -159,7 +155,7 @@ class StackedTrainer:
         self.params = [p.detach().unsqueeze(0).repeat(n_runs, *([1] * p.dim())).contiguous() for p in template.parameters()]
         self.template = template
         self.structure = _structure_only(template)
-        self.optimizer = optimizer_type(self.params, task.config)
+        self.optimizer = make_stacked_optimizer(self.params, task.config)
         self._flat_cross_entropy = isinstance(task, ClassificationTask) and type(task).loss is ClassificationTask.loss
         self._vmapped_loss = vmap(self._run_loss, in_dims=(0, 0, 0))
         self._vmapped_output = vmap(self._run_output, in_dims=(0, 0))

@@ -17,15 +17,19 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from lrenv.actions import ActionMapping
 from lrenv.engine import Engine
-from lrenv.env import DTYPES, LREnv
-from lrenv.episodes import EpisodeBatch
+from lrenv.env.config import EnvConfig
+from lrenv.env.episodes import EpisodeBatch
+from lrenv.env.features import Observer
+from lrenv.env.rewards import resolve_target
+from lrenv.registry import make_task
 from lrenv.task import Task
+
+#: BatchedVecEnv's own arguments; every other keyword is a field of :class:`EnvConfig`.
+VEC_ENV_ARGUMENTS = ("task", "n_envs", "seed", "batched", "config")
 
 
 class BatchedVecEnv(VecEnv):
@@ -36,8 +40,8 @@ class BatchedVecEnv(VecEnv):
         n_envs: Number of parallel episodes N.
         seed: Seed of the first ``reset()`` (env k uses ``seed + k``, as SB3's ``VecEnv.seed``).
         batched: Stack the runs into one computation (``None``: when the model allows it).
-        device, dtype, reward, action_mode, relative_factor, features, divergence_penalty,
-            target_loss, task_config: as in :class:`lrenv.LREnv`.
+        config: An :class:`lrenv.EnvConfig`; keyword settings are applied on top of it.
+        **settings: Fields of :class:`lrenv.EnvConfig`, as for :class:`lrenv.LREnv`.
     """
 
     def __init__(
@@ -46,17 +50,11 @@ class BatchedVecEnv(VecEnv):
         n_envs: int = 8,
         *,
         seed: int | None = None,
-        device: str | torch.device | None = "auto",
-        dtype: str = "float32",
-        reward: str = "log_progress",
-        action_mode: str = "absolute",
-        relative_factor: float = 2.0,
-        features: str = "standard",
-        divergence_penalty: float = 2.0,
-        target_loss: float | None = None,
-        task_config: dict[str, Any] | None = None,
         batched: bool | None = None,
+        config: EnvConfig | None = None,
+        **settings: Any,
     ) -> None:
+        self.config = EnvConfig.from_kwargs(settings, base=config, owner="BatchedVecEnv", other_arguments=VEC_ENV_ARGUMENTS)
         if not isinstance(task, (str, Task)):
             raise TypeError(
                 f"BatchedVecEnv trains one task per population, got {task!r}; for several tasks use "
@@ -64,29 +62,15 @@ class BatchedVecEnv(VecEnv):
             )
         if not isinstance(n_envs, int) or n_envs < 1:
             raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
-        # validates every setting exactly as LREnv does (and builds nothing heavy)
-        spec = LREnv(
-            task,
-            device=device,
-            dtype=dtype,
-            reward=reward,
-            action_mode=action_mode,
-            relative_factor=relative_factor,
-            features=features,
-            divergence_penalty=divergence_penalty,
-            target_loss=target_loss,
-            task_config=task_config,
-        )
-        self.task = spec.tasks[0]
-        engine = Engine(self.task, n_runs=n_envs, device=device, dtype=DTYPES[dtype], batched=batched)
-        self.engine = engine
-        self.episodes = EpisodeBatch(
-            engine, features, ActionMapping(action_mode, relative_factor), reward, float(divergence_penalty), target_loss
-        )
+        self.task = make_task(task, **self.config.task_overrides)
+        resolve_target(self.config.reward, self.config.target_loss, self.task.config.target_loss, self.task.name)
+        self.engine = Engine(self.task, n_runs=n_envs, device=self.config.device, dtype=self.config.torch_dtype, batched=batched)
+        self.episodes = EpisodeBatch(self.engine, self.config)
         self.render_mode = None
         self._rngs: list[np.random.Generator | None] = [None] * n_envs
         self._actions: np.ndarray | None = None
-        super().__init__(n_envs, spec.observation_space, spec.action_space)
+        actions = self.config.action_mapping()
+        super().__init__(n_envs, Observer(self.config.features).space, actions.space)
         if seed is not None:
             self.seed(seed)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class RewardInput:
     """What a reward sees for N runs after an epoch (arrays of shape ``(N,)``)."""

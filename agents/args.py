@@ -1,0 +1,30 @@
+"""Command lines from dataclasses (cleanrl style): each field a ``--flag``, its docs in its metadata.
+
+A field's ``metadata["help"]`` is its help text and ``metadata["metavar"]`` (optional) its
+placeholder. ``bool`` fields become ``--flag/--no-flag``, ``list[...]`` fields take one or
+more values, ``int`` and ``float`` fields (optionally ``| None``) are converted, the rest are
+strings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+_CONVERTERS = {"int": int, "int | None": int, "float": float, "float | None": float}
+
+
+def dataclass_parser(args_class: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with one option per field of the dataclass ``args_class``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for f in dataclasses.fields(args_class):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if f.type == "bool":
+            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_text)
+        elif str(f.type).startswith("list"):
+            parser.add_argument(flag, nargs="+", default=f.default_factory(), metavar=f.metadata.get("metavar"), help=help_text)  # type: ignore[misc]
+        else:
+            kind = _CONVERTERS.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=f.default, metavar=f.metadata.get("metavar"), help=help_text)
+    return parser
