@@ -9,7 +9,7 @@ import torch
 from conftest import TinyClassifier
 
 import lrenv
-from agents import train
+from lrenv.agents import train
 from lrenv.engine import run_seeds
 
 TASK = "SchedTiny-v0"
@@ -49,7 +49,7 @@ def test_load_policy_interface(run_dir):
     assert policy.name == f"ppo-{TASK}-s0"
     assert policy.config["algo"] == "ppo" and policy.tasks == [TASK]
     assert policy.env_kwargs["features"] == "standard" and policy.env_kwargs["action_mode"] == "absolute"
-    assert set(policy.env_kwargs) <= set(lrenv.policy.ENV_KWARGS)
+    assert set(policy.env_kwargs) <= set(lrenv.EnvConfig.field_names())
     obs = np.zeros((3, 8), np.float32)
     actions = policy.predict(obs, deterministic=True)
     assert actions.shape == (3, 1) and actions.dtype == np.float32 and np.all(np.abs(actions) <= 1)

@@ -9,8 +9,8 @@ import pytest
 from conftest import TinyClassifier
 
 import lrenv
-from agents import train
 from lrenv import tracking
+from lrenv.agents import train
 
 pytest.importorskip("wandb")
 

@@ -14,7 +14,9 @@ import pytest
 from conftest import TinyClassifier
 
 import lrenv
-from agents import train
+from lrenv.agents import train
+from lrenv.agents.config import CONFIG_DIR
+from lrenv.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "TrainTiny-v0"
@@ -52,11 +54,11 @@ def test_each_algorithm_writes_a_complete_run_folder(algo, tiny_task_name, tmp_p
     assert config["task_configs"][tiny_task_name]["epochs"] == 5
     assert {"lrenv", "torch", "stable_baselines3", "gymnasium", "python"} <= set(config["versions"])
     assert config["hyperparams"]["learning_starts" if algo in ("sac", "td3") else "n_steps"] in (5, 20)  # --set applied
-    steps = [int(p.name.split("_")[1]) for p in train.checkpoints(run_dir)]
+    steps = [int(p.name.split("_")[1]) for p in RunDir(run_dir).checkpoints()]
     assert len(steps) >= 2 and steps == sorted(steps) and steps[-1] >= 40
     off_policy = algo in ("sac", "td3")
-    assert (train.checkpoints(run_dir)[-1] / "replay_buffer.pkl").is_file() == off_policy
-    assert not (train.checkpoints(run_dir)[0] / "replay_buffer.pkl").exists()  # only the latest keeps it
+    assert (RunDir(run_dir).checkpoints()[-1] / "replay_buffer.pkl").is_file() == off_policy
+    assert not (RunDir(run_dir).checkpoints()[0] / "replay_buffer.pkl").exists()  # only the latest keeps it
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     assert episodes and all(len(e["lr"]) == e["epochs"] for e in episodes)
     results = json.loads((run_dir / "eval.json").read_text())["tasks"][tiny_task_name]
@@ -78,7 +80,7 @@ def test_task_list_trains_one_policy_on_a_dummy_vec_env(tiny_task_name, tmp_path
 
 def test_config_file_and_overrides(tiny_task_name, tmp_path):
     config_file = tmp_path / "mine.yaml"
-    config_file.write_text("algo: a2c\n" + (train.CONFIG_DIR / "a2c.yaml").read_text().replace("n_envs: 16", "n_envs: 3"))
+    config_file.write_text("algo: a2c\n" + (CONFIG_DIR / "a2c.yaml").read_text().replace("n_envs: 16", "n_envs: 3"))
     run_dir = train.main(
         ["--config", str(config_file), "--task", tiny_task_name, "--timesteps", "15", "--eval-episodes", "0",
          "--runs-dir", str(tmp_path), "--no-progress-bar", "--set", "hyperparams.n_steps=5", "hyperparams.learning_rate=3e-4",
@@ -97,7 +99,7 @@ def test_config_file_and_overrides(tiny_task_name, tmp_path):
         (["--task", "Nope-v0"], "unknown task 'Nope-v0'; registered tasks: "),
         (["--set", "hyperparams.n_stepz=4"], "unknown hyperparameter(s) n_stepz for ppo; allowed: learning_rate, n_steps"),
         (["--set", "nope=4"], "unknown config key 'nope' in --set nope=4; allowed: algo, timesteps"),
-        (["--set", "env.feature=minimal"], "unknown env key(s) feature; allowed: "),
+        (["--set", "env.feature=minimal"], "env section of the config got unknown keyword argument(s) feature; allowed: features, "),
         (["--set", "timesteps"], "--set expects KEY=VALUE"),
         (["--resume", "/nonexistent/run"], "no config.json there"),
     ],
@@ -132,7 +134,7 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
         proc.kill()
     (run_dir,) = tmp_path.iterdir()
     assert not (run_dir / "model.zip").exists()  # killed before the end
-    killed_at = int(train.checkpoints(run_dir)[-1].name.split("_")[1])
+    killed_at = int(RunDir(run_dir).checkpoints()[-1].name.split("_")[1])
     assert 40 <= killed_at < 400
 
     resumed = train.main(["--resume", str(run_dir), "--no-progress-bar"])
@@ -143,7 +145,7 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
     after = _progress_steps(run_dir / "progress_2.csv")
     assert after and after[0] > killed_at and after == sorted(after)
     assert (run_dir / "progress.csv").is_file()
-    steps = [int(p.name.split("_")[1]) for p in train.checkpoints(run_dir)]
+    steps = [int(p.name.split("_")[1]) for p in RunDir(run_dir).checkpoints()]
     assert steps[0] <= killed_at < steps[-1] and steps[-1] >= 400
 
 
