@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from lrenv.task import Task, TaskConfig, with_overrides
+from lrenv.task import Task, check_overrides, with_overrides
 
 ENTRY_POINT_GROUP = "lrenv.tasks"
 
@@ -32,8 +32,11 @@ class TaskSpec:
     source: str = "register_task"
 
 
-class UnknownTaskError(KeyError):
-    """A task name that is not registered; the message lists the registered ones."""
+class UnknownTaskError(KeyError, ValueError):
+    """A task name that is not registered; the message lists the registered ones.
+
+    A KeyError (a failed lookup) and a ValueError (a bad argument value), so both catch it.
+    """
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
@@ -54,19 +57,16 @@ def register_task(name: str, factory: TaskFactory, *, source: str = "register_ta
         **defaults: :class:`~lrenv.task.TaskConfig` fields that override the task's own defaults.
 
     Raises:
-        ValueError: ``name`` is already registered.
+        ValueError: ``name`` is not a non-empty string or is already registered, or a
+            default has an invalid value (checked now, as far as it can be without the task).
         TypeError: ``factory`` is not callable or a default is not a TaskConfig field.
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a task name must be a non-empty string, got {name!r}")
     if not callable(factory):
-        raise TypeError(f"the factory of task {name!r} must be callable, got {factory!r}")
-    unknown = sorted(set(defaults) - set(TaskConfig.field_names()))
-    if unknown:
-        raise TypeError(
-            f"register_task({name!r}) got unknown default(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(TaskConfig.field_names())}"
-        )
+        raise TypeError(f"the factory of task {name!r} must be callable (a Task subclass or a function returning a Task), got {factory!r}")
+    # bad values fail here, where the registration is, not at the first make_task
+    check_overrides(defaults, f"register_task({name!r})", "default")
     if name in _REGISTRY:
         raise ValueError(
             f"task {name!r} is already registered (by {_REGISTRY[name].source}); "
@@ -90,17 +90,21 @@ def make_task(name: str | Task, **overrides: object) -> Task:
 
     Raises:
         UnknownTaskError: (a KeyError) ``name`` is not registered; the message lists the registered names.
-        TypeError: an override is not a TaskConfig field.
+        TypeError: an override is not a TaskConfig field, or the factory returned no Task.
+        ValueError: an override has an invalid value, or the factory raised (chained).
     """
     if isinstance(name, Task):
         return _configured(name, overrides) if overrides else name
     if not isinstance(name, str):
-        raise TypeError(f"a task is given by its registered name or as an lrenv.Task, got {name!r}")
+        raise TypeError(f"a task must be given by its registered name or as an lrenv.Task instance, got {name!r}")
     _load_entry_points()
     spec = _REGISTRY.get(name)
     if spec is None:
         raise UnknownTaskError(_unknown_message(name))
-    task = spec.factory()
+    try:
+        task = spec.factory()
+    except Exception as exc:  # name the task: the factory is user code, maybe registered far away
+        raise ValueError(f"the factory of task {name!r} (registered by {spec.source}) raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise TypeError(f"the factory of task {name!r} returned {type(task).__name__}, not an lrenv.Task")
     task.name = name

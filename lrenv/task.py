@@ -10,14 +10,97 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 #: ``schedulefree_*``: the ``schedulefree`` package's SGD and AdamW (see :mod:`lrenv.engine.optim`).
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "schedulefree_sgd", "schedulefree_adamw")
+#: The schedulefree package divides by momentum (beta1): 0 fails and a tiny one overflows float32.
+SCHEDULEFREE_MIN_MOMENTUM = 1e-6
+
+
+def is_real(value: object) -> bool:
+    """A real number (Python or numpy) that is not a bool: ``True`` is an int, never a setting's number."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def to_float(value: Any) -> float:
+    """A real number as a float; an int too large for a float is ±inf (``float()`` would raise)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def check_positive_int(value: object, what: str) -> int:
+    """``value`` as an int in [1, 2**63) (numpy integers too); bools, floats and strings are a ValueError.
+
+    The bound is numpy's int64, in which the env keeps epoch counts and budgets.
+    """
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value < 2**63):
+        raise ValueError(f"{what} must be a positive integer (below 2**63), got {value!r}")
+    return int(value)
+
+
+def check_lr_range(value: object, what: str = "lr_range") -> tuple[float, float]:
+    """``value`` as ``(low, high)`` floats with 0 < low < high < inf and a finite high / low.
+
+    The ratio must be finite because absolute actions map onto ``low * (high / low) ** t``.
+    """
+    message = f"{what} must be (low, high) with 0 < low < high < inf and high / low < inf, got {value!r}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):  # not a set, dict, ...
+        raise ValueError(message)
+    values = tuple(value)
+    if len(values) != 2 or not all(is_real(v) for v in values):
+        raise ValueError(message)
+    low, high = (to_float(v) for v in values)
+    if not (0 < low < high and math.isfinite(high) and math.isfinite(high / low)):
+        raise ValueError(message)
+    return low, high
+
+
+def _real(what: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        if not (is_real(value) and ok(to_float(value))):
+            raise ValueError(f"{what} must be {allowed}, got {value!r}")
+        return to_float(value)
+
+    return check
+
+
+def _optimizer(value: object) -> str:
+    if not (isinstance(value, str) and value in OPTIMIZERS):
+        raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return value
+
+
+def _target_loss(value: object) -> float | None:
+    if value is None:
+        return None
+    if not (is_real(value) and math.isfinite(to_float(value))):
+        raise ValueError(f"target_loss must be None or a finite number, got {value!r}")
+    return to_float(value)
+
+
+#: Per-field checks of TaskConfig: each returns the normalised value or raises ValueError.
+#: ``default_lr`` is checked against ``lr_range`` too, when both are known.
+_FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "epochs": lambda v: check_positive_int(v, "epochs"),
+    "batch_size": lambda v: check_positive_int(v, "batch_size"),
+    "optimizer": _optimizer,
+    "lr_range": check_lr_range,
+    "default_lr": _real("default_lr", "a finite number > 0 inside lr_range", lambda v: 0 < v < math.inf),
+    "momentum": _real("momentum", "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": _real("weight_decay", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "divergence_factor": _real("divergence_factor", "a number > 1 (inf: only non-finite losses diverge)", lambda v: v > 1),
+    "target_loss": _target_loss,
+}
 
 
 @dataclass(frozen=True)
@@ -33,12 +116,16 @@ class TaskConfig:
         lr_range: ``(low, high)`` learning rates the action maps onto, log-uniformly.
         default_lr: A constant learning rate that trains reasonably; the starting LR of
             relative action mode and the plain baseline.
-        momentum: Momentum of ``"momentum"`` and the Schedule-Free optimizers, ``beta1`` of Adam/AdamW.
+        momentum: Momentum of ``"momentum"`` and the Schedule-Free optimizers (there at least
+            1e-6), ``beta1`` of Adam/AdamW.
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW).
         divergence_factor: A run counts as diverged when a loss is non-finite or exceeds
             ``divergence_factor`` times its initial value.
         target_loss: Validation loss that counts as "converged" (time-to-target reward,
             evaluation); ``None`` if the task defines none.
+
+    An invalid value (a wrong type included: ``epochs=True``, ``epochs="3"``, a NaN in
+    ``lr_range``) raises ``ValueError`` naming the field and what is allowed.
     """
 
     epochs: int = 20
@@ -52,24 +139,15 @@ class TaskConfig:
     target_loss: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lr_range", tuple(float(v) for v in self.lr_range))
+        # values are normalised to plain int/float/tuple (numpy numbers too), so configs compare
+        # equal and serialise to JSON whatever number types they were built from
+        for name, check in _FIELD_CHECKS.items():
+            object.__setattr__(self, name, check(getattr(self, name)))
         low, high = self.lr_range
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if not (0 < low < high and math.isfinite(high)):
-            raise ValueError(f"lr_range must be (low, high) with 0 < low < high < inf, got {self.lr_range!r}")
         if not low <= self.default_lr <= high:
             raise ValueError(f"default_lr {self.default_lr!r} must lie inside lr_range {self.lr_range!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not self.divergence_factor > 1:
-            raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
+        if self.optimizer.startswith("schedulefree_") and self.momentum < SCHEDULEFREE_MIN_MOMENTUM:
+            raise ValueError(f"momentum must be in [{SCHEDULEFREE_MIN_MOMENTUM:g}, 1) for {self.optimizer}, got {self.momentum!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -155,13 +233,32 @@ class Task(abc.ABC):
 
 def with_overrides(config: TaskConfig, overrides: dict[str, object], what: str = "task") -> TaskConfig:
     """Return ``config`` with ``overrides`` applied; unknown fields are a clear error."""
-    unknown = sorted(set(overrides) - set(TaskConfig.field_names()))
-    if unknown:
-        raise TypeError(
-            f"{what} got unknown setting(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(TaskConfig.field_names())}"
-        )
+    if not isinstance(config, TaskConfig):
+        raise TypeError(f"{what}: config must be an lrenv.TaskConfig, got {config!r}")
+    overrides = check_overrides(overrides, what, "setting")
     return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def check_overrides(overrides: Mapping[str, object], what: str = "task", kind: str = "setting") -> dict[str, object]:
+    """Check TaskConfig overrides field by field, before any task config is known.
+
+    Raises:
+        TypeError: A key is not a TaskConfig field (the message lists the allowed ones).
+        ValueError: A value is invalid for its field, whatever the task (``default_lr``
+            against ``lr_range`` is checked when the overrides are applied); the message
+            starts with ``what``.
+    """
+    fields = TaskConfig.field_names()
+    unknown = sorted(str(k) for k in overrides if k not in fields)
+    if unknown:
+        raise TypeError(f"{what} got unknown {kind}(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    checked = {}
+    for k, v in overrides.items():
+        try:
+            checked[k] = _FIELD_CHECKS[k](v)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None  # the field's message, with whose setting it is
+    return checked
 
 
 def classification_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -135,9 +135,9 @@ class BatchedOptimizer:
             table = np.stack([-(lrs / bias_correction1), bias_correction2_sqrt, np.broadcast_to(lrs, t.shape)])
         else:
             table = np.broadcast_to(lrs, (1, n_steps, self.n))
-        self._table = torch.as_tensor(np.ascontiguousarray(table), dtype=dtype).to(self._device, non_blocking=True)
+        # a copy: the broadcast view is read-only, which torch warns about when it shares it
+        self._table = torch.tensor(table, dtype=dtype).to(self._device, non_blocking=True)
         self._step_in_epoch = 0
-
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor]) -> None:

@@ -21,7 +21,7 @@ import torch
 from lrenv.env.actions import ActionMapping
 from lrenv.env.features import FEATURE_SETS
 from lrenv.env.rewards import get_reward
-from lrenv.task import TaskConfig
+from lrenv.task import check_overrides, is_real, to_float
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -42,8 +42,10 @@ class EnvConfig:
         dtype: ``"float32"`` or ``"float64"`` for the inner model and data.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
 
-    Invalid values raise ``ValueError`` (``TypeError`` for an unknown ``task_config`` key)
-    on construction, naming the setting and what is allowed.
+    Invalid values, wrong types included (``relative_factor="2"``, ``features=["standard"]``,
+    a bool for a number), raise ``ValueError`` (``TypeError`` for an unknown ``task_config``
+    key) on construction, naming the setting and what is allowed. ``task_config`` values are
+    checked field by field here, and against each task's config when the task is built.
     """
 
     features: str = "standard"
@@ -57,20 +59,20 @@ class EnvConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURE_SETS:
+        if not (isinstance(self.features, str) and self.features in FEATURE_SETS):
             raise ValueError(f"unknown feature set {self.features!r}; choose one of {', '.join(FEATURE_SETS)}")
         ActionMapping(self.action_mode, self.relative_factor)  # checks both
         object.__setattr__(self, "relative_factor", float(self.relative_factor))
         get_reward(self.reward)
-        if not (_is_number(self.divergence_penalty) and math.isfinite(self.divergence_penalty) and self.divergence_penalty > 0):
+        if not (is_real(self.divergence_penalty) and 0 < to_float(self.divergence_penalty) < math.inf):
             raise ValueError(f"divergence_penalty must be a finite number > 0, got {self.divergence_penalty!r}")
         object.__setattr__(self, "divergence_penalty", float(self.divergence_penalty))
         if self.target_loss is not None:
-            if not (_is_number(self.target_loss) and math.isfinite(self.target_loss)):
+            if not (is_real(self.target_loss) and math.isfinite(to_float(self.target_loss))):
                 raise ValueError(f"target_loss must be None or a finite number, got {self.target_loss!r}")
             object.__setattr__(self, "target_loss", float(self.target_loss))
         object.__setattr__(self, "task_config", _task_overrides(self.task_config))
-        if self.dtype not in DTYPES:
+        if not (isinstance(self.dtype, str) and self.dtype in DTYPES):
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         object.__setattr__(self, "device", _device_name(self.device))
 
@@ -98,10 +100,12 @@ class EnvConfig:
         Raises:
             TypeError: A key is not a setting; the message lists the allowed ones.
         """
-        unknown = sorted(set(settings) - set(cls.field_names()))
+        unknown = sorted(str(k) for k in settings if k not in cls.field_names())
         if unknown:
             allowed = [*other_arguments, *cls.field_names()]
             raise TypeError(f"{owner} got unknown keyword argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        if base is not None and not isinstance(base, EnvConfig):
+            raise TypeError(f"{owner}: config must be an lrenv.EnvConfig or None, got {base!r}")
         return dataclasses.replace(base or cls(), **settings)
 
     @classmethod
@@ -147,26 +151,25 @@ class EnvConfig:
         return dict(self.task_config or {})
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _task_overrides(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise ValueError(f"task_config must be None or a mapping of TaskConfig fields, got {value!r}")
-    unknown = sorted(set(value) - set(TaskConfig.field_names()))
-    if unknown:
-        raise TypeError(f"task_config got unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(TaskConfig.field_names())}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    # normalised values (plain ints, floats, tuples) keep config.json writable and comparable
+    return check_overrides(value, "task_config", "setting")
 
 
 def _device_name(device: Any) -> str:
     """The device as a string; its availability is checked when an engine is built on it."""
+    if not isinstance(device, (str, torch.device, type(None))):  # an int means a CUDA index, on some machines only
+        raise ValueError(f"invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device is None or device == "auto":
         return "auto"
     try:
-        return str(torch.device(device))
+        name = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if name.type not in ("cpu", "cuda"):  # 'meta', 'mps', ... parse, then fail deep inside torch
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return str(name)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from lrenv.engine import Engine
+from lrenv.env.actions import check_actions
 from lrenv.env.config import EnvConfig
 from lrenv.env.episodes import EpisodeBatch
 from lrenv.env.features import Observer
@@ -33,7 +34,9 @@ class LREnv(gym.Env):
     ``Box(-1, 1, (1,), float32)``. ``action_mode="absolute"``: the action maps
     log-uniformly onto the task's ``lr_range`` (-1 → low, 1 → high). ``"relative"``: the LR
     is multiplied by ``relative_factor ** a``, starting from the task's ``default_lr`` and
-    clipped to the range. Out-of-range actions are clipped; non-finite ones raise ValueError.
+    clipped to the range. ``step`` takes a real number of shape ``()``, ``(1,)`` or ``(1, 1)``
+    (float or int array, Python number, tensor). Out-of-range actions are clipped; non-finite
+    ones or another shape raise ValueError; bools, strings and object arrays raise TypeError.
 
     ## Observation space
     A float32 vector with finite bounds, scale-free so one policy transfers across tasks;
@@ -95,8 +98,11 @@ class LREnv(gym.Env):
         **settings: Any,
     ) -> None:
         self.config = EnvConfig.from_kwargs(settings, base=config, owner="LREnv", other_arguments=ENV_ARGUMENTS)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+        seed = check_seed(seed, "LREnv")
+        if render_mode is not None and not (isinstance(render_mode, str) and render_mode in self.metadata["render_modes"]):
             raise ValueError(f"unknown render_mode {render_mode!r}; choose None or one of {', '.join(self.metadata['render_modes'])}")
+        if not isinstance(task, (str, Task, Iterable)):
+            raise TypeError(f"task must be a task name, an lrenv.Task or a list of them, got {task!r}")
         specs = [task] if isinstance(task, (str, Task)) else list(task)
         if not specs:
             raise ValueError("task must name at least one task")
@@ -128,7 +134,7 @@ class LREnv(gym.Env):
         episode = self._batches.get(self._task_index)
         if episode is None or episode.done[0]:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        obs, reward, terminated, truncated, infos = episode.step(np.asarray(action, dtype=np.float64).reshape(1, -1))
+        obs, reward, terminated, truncated, infos = episode.step(check_actions(action, 1, scalar_ok=True))
         self._history.append(infos[0])
         return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
 
@@ -169,6 +175,13 @@ class LREnv(gym.Env):
             engine = Engine(self.tasks[index], n_runs=1, device=self.config.device, dtype=self.config.torch_dtype)
             self._batches[index] = EpisodeBatch(engine, self.config)
         return self._batches[index]
+
+
+def check_seed(seed: object, owner: str) -> int | None:
+    """A seed as None or a Python int >= 0 (gymnasium takes no numpy ints); checked when given, not at reset."""
+    if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"{owner}: seed must be None or a non-negative integer, got {seed!r}")
+    return None if seed is None else int(seed)
 
 
 def _plot_history(history: list[dict[str, Any]]) -> np.ndarray:

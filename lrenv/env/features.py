@@ -90,7 +90,7 @@ class Observer:
     """
 
     def __init__(self, features: str = "standard", n: int = 1) -> None:
-        if features not in FEATURE_SETS:
+        if not (isinstance(features, str) and features in FEATURE_SETS):
             raise ValueError(f"unknown feature set {features!r}; choose one of {', '.join(FEATURE_SETS)}")
         self.features = features
         self.n = n

@@ -75,7 +75,7 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
 
 def get_reward(name: str) -> RewardFn:
     """The reward function called ``name``; returns ``(reward[N], target_reached[N])``."""
-    if name not in REWARD_FUNCTIONS:
+    if not (isinstance(name, str) and name in REWARD_FUNCTIONS):
         raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARD_FUNCTIONS)}")
     return REWARD_FUNCTIONS[name]
 

@@ -21,7 +21,9 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from lrenv.engine import Engine
+from lrenv.env.actions import check_actions
 from lrenv.env.config import EnvConfig
+from lrenv.env.env import check_seed
 from lrenv.env.episodes import EpisodeBatch
 from lrenv.env.features import Observer
 from lrenv.env.rewards import resolve_target
@@ -60,8 +62,12 @@ class BatchedVecEnv(VecEnv):
                 f"BatchedVecEnv trains one task per population, got {task!r}; for several tasks use "
                 "one BatchedVecEnv per task or a DummyVecEnv of LREnv(task=[...])"
             )
-        if not isinstance(n_envs, int) or n_envs < 1:
+        if not isinstance(n_envs, (int, np.integer)) or isinstance(n_envs, bool) or n_envs < 1:
             raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
+        n_envs = int(n_envs)
+        seed = check_seed(seed, "BatchedVecEnv")
+        if batched is not None and not isinstance(batched, bool):
+            raise ValueError(f"batched must be None, True or False, got {batched!r}")
         self.task = make_task(task, **self.config.task_overrides)
         resolve_target(self.config.reward, self.config.target_loss, self.task.config.target_loss, self.task.name)
         self.engine = Engine(self.task, n_runs=n_envs, device=self.config.device, dtype=self.config.torch_dtype, batched=batched)
@@ -87,7 +93,8 @@ class BatchedVecEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, -1)
+        """Actions of the N envs: real numbers of shape ``(N, 1)`` or ``(N,)`` (rules: :func:`lrenv.env.actions.check_actions`)."""
+        self._actions = check_actions(actions, self.num_envs)
 
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
