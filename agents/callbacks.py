@@ -99,4 +99,5 @@ class CheckpointEvery(BaseCallback):
             self.run.save_checkpoint(self.model, self.training_env)
             if self.tracker is not None:
                 self.tracker.log({"checkpoint/timesteps": self.num_timesteps}, self.num_timesteps)
+                self.tracker.commit()  # what a resume from this checkpoint will not train again
         return True

@@ -13,7 +13,9 @@ that file, named options (``--timesteps``, ``--n-envs``, ...) override it and ``
 overrides any key (dotted: ``hyperparams.learning_rate=3e-4``, ``env.features=minimal``).
 
 The run folder ``runs/<task>__<algo>__<seed>__<time>/`` (layout: :class:`lrenv.run_dir.RunDir`)
-holds ``config.json`` (the full resolved config), ``model.zip`` (the final policy),
+holds ``config.json`` (the full resolved config), ``policy.json`` + ``policy.safetensors`` (the
+final policy as plain data, what :func:`lrenv.load_policy` reads), ``model.zip`` (the same in
+SB3's format, for resuming),
 ``normalization.json`` and ``vecnormalize.pkl`` (observation statistics),
 ``checkpoints/step_<N>/`` (periodic, written atomically; off-policy ones with the replay
 buffer), ``progress.csv`` (SB3's training metrics), ``episodes.jsonl`` (every training episode:
@@ -48,7 +50,7 @@ from lrenv.env.config import EnvConfig
 from lrenv.evaluation.protocol import Job, PolicyRef, Slot
 from lrenv.evaluation.runner import Episode, run_job
 from lrenv.policy import ALGORITHMS, LoadedPolicy, algorithm_class, load_policy
-from lrenv.run_dir import RunDir
+from lrenv.run_dir import PolicyFileError, RunDir
 
 #: Evaluation env seeds: fixed and far from training's, so every run is compared on the same episodes.
 EVAL_SEED = 1_000_000
@@ -110,9 +112,18 @@ def main(argv: list[str] | None = None) -> Path:
         model = algo_cls(config["policy"], venv, seed=config["seed"], device=args.device, verbose=args.verbose, **hyperparams)
     else:
         # fresh episodes after a resume: seed the envs from the step reached, not the start
-        venv, _ = make_vec_env(config, env, config["seed"] + RunDir.checkpoint_timesteps(checkpoint))
-        model, venv = run.load_checkpoint(checkpoint, algo_cls, venv, args.device)
+        try:
+            reached = RunDir.checkpoint_timesteps(checkpoint)
+            venv, _ = make_vec_env(config, env, config["seed"] + reached)
+            model, venv = run.load_checkpoint(checkpoint, algo_cls, venv, args.device)
+        except (PolicyFileError, FileNotFoundError) as exc:  # a damaged checkpoint: say which file, no traceback
+            if tracker is not None:
+                tracker.finish(exit_code=1)
+            parser.error(str(exc))
         run.write_config(config)
+        # what was logged after the checkpoint is trained again now: keep each episode once
+        if dropped := run.rewind_logs(reached):
+            print(f"Dropped {dropped} log records of timesteps after {checkpoint.name}: they are trained again")
         print(f"Resuming from {checkpoint.name} ({model.num_timesteps} of {config['timesteps']} timesteps done)")
     model.set_logger(make_logger(run, args.verbose, tracker))
     callbacks = [EpisodeRecorder(run.episodes_file, tracker), CheckpointEvery(run, config["checkpoint_freq"], tracker)]
@@ -185,6 +196,7 @@ def start_tracking(args: Args, config: dict[str, Any], run: RunDir) -> Any:
         init_timeout=args.wandb_init_timeout,
     )
     wandb_config["id"] = tracker.id
+    tracker.hold()  # committed at each checkpoint, so that a resumed run logs nothing twice
     print(f"W&B: tracking {tracker.mode} in {tracker.folder}")
     return tracker
 

@@ -17,7 +17,7 @@ import gymnasium as gym
 from lrenv import testing
 from lrenv.engine import Engine, EpochStats
 from lrenv.env import FEATURE_SETS, ActionMapping, BatchedVecEnv, EnvConfig, LREnv, Observer
-from lrenv.policy import LoadedPolicy, load_policy
+from lrenv.policy import LoadedPolicy, PolicyFileError, load_policy
 from lrenv.registry import list_tasks, make_task, register_task, unregister_task
 from lrenv.scheduler import PolicyScheduler, load_scheduler
 from lrenv.task import ClassificationTask, Split, Task, TaskConfig, TaskData, classification_metrics
@@ -44,6 +44,7 @@ __all__ = [
     "LREnv",
     "LoadedPolicy",
     "Observer",
+    "PolicyFileError",
     "PolicyScheduler",
     "Split",
     "Task",

@@ -4,11 +4,14 @@ One training run owns one folder::
 
     runs/<tasks>__<algo>__<seed>__<time>/
         config.json          the full resolved config (env settings, algorithm, seed, versions)
-        model.zip            the final SB3 model
+        policy.json          the final policy network: classes by name, settings, spaces (:mod:`lrenv.policy`)
+        policy.safetensors   its weights (plain tensors: loading runs no code)
+        model.zip            the final SB3 model (pickles: for ``--resume`` and SB3 users)
         normalization.json   observation statistics (:class:`ObsNormalization`), when normalised
         vecnormalize.pkl     the same statistics as SB3 pickles them (for resuming)
-        checkpoints/step_<N>/  model.zip, normalization.json, vecnormalize.pkl, state.json and,
-                             in the latest one of an off-policy run, replay_buffer.pkl
+        checkpoints/step_<N>/  policy.json, policy.safetensors, model.zip, normalization.json,
+                             vecnormalize.pkl, state.json and, in the latest one of an
+                             off-policy run, replay_buffer.pkl
         episodes.jsonl       every training episode (final losses, LR schedule)
         progress.csv         SB3's training metrics (progress_<k>.csv for the k-th part of a resumed run)
         eval.json            evaluation episodes of the policy and the task's default constant LR
@@ -17,23 +20,30 @@ One training run owns one folder::
 
 Files and checkpoints are written to a temporary name and renamed into place, so a run killed
 at any moment (SIGKILL included) leaves complete files, and ``--resume`` or
-:func:`lrenv.load_policy` never read half of one. Stable-Baselines3 is imported only by the
-methods that save or load a model.
+:func:`lrenv.load_policy` never read half of one. Reading a file that is missing a key,
+damaged or of an unknown format raises :class:`PolicyFileError` (a ``ValueError``) naming the
+file and the problem; a missing file, ``FileNotFoundError``. Stable-Baselines3 is imported only
+by the methods that save or load a model.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: The column of SB3's progress CSV that says at which agent timestep a row was logged.
+TIMESTEPS_COLUMN = "time/total_timesteps"
 
 
 @contextmanager
@@ -52,6 +62,55 @@ def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically: a reader (or a crash) never sees half a file."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class PolicyFileError(ValueError):
+    """A file of a run folder is damaged, incomplete or of a format this lrenv cannot read.
+
+    The message names the file and the problem. A missing file is a ``FileNotFoundError``.
+    """
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        PolicyFileError: It is empty, not UTF-8 text or not valid JSON.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise PolicyFileError(f"{path} is not a JSON text file ({exc}): it is damaged or not the file agents.train wrote") from exc
+    if not text.strip():
+        raise PolicyFileError(f"{path} is empty: it was truncated or damaged after it was written")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyFileError(f"{path} is not valid JSON ({exc}): it is truncated or damaged") from exc
+
+
+def require_keys(data: Any, path: Path, keys: Iterable[str], what: str) -> dict[str, Any]:
+    """``data`` if it is a JSON object holding ``keys``; a :class:`PolicyFileError` naming ``path`` otherwise."""
+    if not isinstance(data, dict):
+        raise PolicyFileError(f"{path} must hold a JSON object (a {what}), got {type(data).__name__}")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise PolicyFileError(f"{path} lacks {', '.join(repr(k) for k in missing)}: it is not a complete {what}{written_by(data)}")
+    return data
+
+
+def written_by(config: dict[str, Any]) -> str:
+    """`` (the run was written by lrenv X; this is lrenv Y)`` when a config's lrenv version differs from this one, else ``""``."""
+    import lrenv  # lrenv imports this module: its version is known only once the import is done
+
+    versions = config.get("versions")
+    found = versions.get("lrenv") if isinstance(versions, dict) else config.get("lrenv")
+    if not isinstance(found, str) or found == lrenv.__version__:
+        return ""
+    return f" (the run was written by lrenv {found}; this is lrenv {lrenv.__version__})"
 
 
 @dataclass(frozen=True)
@@ -107,6 +166,8 @@ class RunDir:
     """
 
     CONFIG = "config.json"
+    POLICY = "policy.json"
+    WEIGHTS = "policy.safetensors"
     MODEL = "model.zip"
     NORMALIZATION = "normalization.json"
     VECNORMALIZE = "vecnormalize.pkl"
@@ -117,6 +178,10 @@ class RunDir:
     EVAL = "eval.json"
     PLOT = "schedule.png"
     WANDB = "wandb"
+    #: config.json keys that loading a policy needs, and all that ``agents.train --resume`` needs.
+    POLICY_CONFIG_KEYS = ("algo", "tasks", "task_configs", "env", "seed")
+    RESUME_CONFIG_KEYS = (*POLICY_CONFIG_KEYS, "name", "timesteps", "n_envs", "vec_env", "normalize_obs", "clip_obs", "checkpoint_freq",
+                          "eval_episodes", "policy", "hyperparams")
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -126,13 +191,16 @@ class RunDir:
         """A new, uniquely named run folder ``<tasks>__<algo>__<seed>__<time>`` in ``parent``."""
         label = "+".join(tasks) if len(tasks) <= 3 else f"{len(tasks)}tasks"
         base = f"{label}__{algo}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-        parent, k = Path(parent), 1
-        path = parent / base
-        while path.exists():  # two runs started within the same second
-            k += 1
-            path = parent / f"{base}-{k}"
-        path.mkdir(parents=True)
-        return cls(path)
+        parent = Path(parent)
+        parent.mkdir(parents=True, exist_ok=True)
+        for k in itertools.count(1):
+            path = parent / (base if k == 1 else f"{base}-{k}")
+            try:  # mkdir is atomic: of two runs started in the same second, each gets its own folder
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise AssertionError("unreachable")
 
     def __repr__(self) -> str:
         return f"RunDir('{self.path}')"
@@ -160,7 +228,36 @@ class RunDir:
         return self.path / self.PLOT
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads(self.config_file.read_text())
+        """The run's ``config.json``, checked to hold everything ``--resume`` needs (see :meth:`read_config_file`)."""
+        return self.read_config_file(self.config_file, self.RESUME_CONFIG_KEYS)
+
+    @classmethod
+    def read_config_file(cls, path: Path, keys: Sequence[str] = POLICY_CONFIG_KEYS) -> dict[str, Any]:
+        """A run's ``config.json``, checked to hold ``keys`` and well-formed algorithm, tasks, env and seed.
+
+        Raises:
+            FileNotFoundError: The file does not exist.
+            PolicyFileError: It is damaged, lacks a key, or a value has the wrong type; the
+                message names the file (and the lrenv that wrote it, if another).
+        """
+        from lrenv.policy import ALGORITHMS  # lrenv.policy imports this module
+
+        config = require_keys(read_json(path), path, keys, f"{cls.CONFIG} written by agents.train")
+        tasks, task_configs, seed = config["tasks"], config["task_configs"], config["seed"]
+        problems = []
+        if config["algo"] not in ALGORITHMS:
+            problems.append(f"algo {config['algo']!r} is not one of {', '.join(ALGORITHMS)}")
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+            problems.append(f"tasks must be a non-empty list of task names, got {tasks!r}")
+        elif not isinstance(task_configs, dict) or not all(isinstance(task_configs.get(t), dict) for t in tasks):
+            problems.append(f"task_configs must map each of the tasks {', '.join(tasks)} to its settings")
+        if not isinstance(config["env"], dict):
+            problems.append(f"env must be a mapping of env settings, got {config['env']!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            problems.append(f"seed must be an integer, got {seed!r}")
+        if problems:
+            raise PolicyFileError(f"{path}: {'; '.join(problems)}{written_by(config)}")
+        return config
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_json(self.config_file, config)
@@ -181,9 +278,46 @@ class RunDir:
             path = self.path / f"progress_{k}.csv"
         return path
 
+    def progress_files(self) -> list[Path]:
+        """SB3's metrics of each part of the run, in order: ``progress.csv``, ``progress_2.csv``, ..."""
+        parts = [p for p in self.path.glob("progress*.csv") if p.stem == "progress" or p.stem.removeprefix("progress_").isdigit()]
+        return sorted(parts, key=lambda p: int(p.stem.removeprefix("progress_")) if p.stem != "progress" else 1)
+
+    def rewind_logs(self, timesteps: int) -> int:
+        """Drop what the logs hold beyond ``timesteps``, the checkpoint a resumed run restarts from.
+
+        A run killed after its last checkpoint has logged episodes and metrics that the resumed
+        run trains again; without this they would appear twice. ``episodes.jsonl`` and every
+        ``progress*.csv`` are rewritten atomically without the records of later timesteps.
+
+        Returns:
+            How many records were dropped.
+        """
+        dropped = 0
+        if self.episodes_file.is_file():
+            lines = self.episodes_file.read_text().splitlines(keepends=True)
+            # a line cut short by the kill is not a record
+            kept = [line for line in lines if line.endswith("\n") and json.loads(line)["timesteps"] <= timesteps]
+            dropped += len(lines) - len(kept)
+            with atomic_path(self.episodes_file) as tmp:
+                tmp.write_text("".join(kept))
+        for path in self.progress_files():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                columns, rows = reader.fieldnames or [], list(reader)
+            kept_rows = [r for r in rows if not r.get(TIMESTEPS_COLUMN) or float(r[TIMESTEPS_COLUMN]) <= timesteps]
+            if len(kept_rows) == len(rows):
+                continue
+            dropped += len(rows) - len(kept_rows)
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(kept_rows)
+        return dropped
+
     def artifact_files(self) -> list[Path]:
         """What a tracker stores as the policy's artifact: the policy, its config, its evaluation."""
-        names = (self.MODEL, self.CONFIG, self.NORMALIZATION, self.VECNORMALIZE, self.EVAL, self.PLOT, self.EPISODES)
+        names = (self.POLICY, self.WEIGHTS, self.MODEL, self.CONFIG, self.NORMALIZATION, self.VECNORMALIZE, self.EVAL, self.PLOT, self.EPISODES)
         return [self.path / name for name in names]
 
     # -- checkpoints and the final policy ----------------------------------------------------
@@ -199,8 +333,17 @@ class RunDir:
 
     @classmethod
     def checkpoint_timesteps(cls, checkpoint: Path) -> int:
-        """The timesteps a checkpoint was saved at."""
-        return int(json.loads((checkpoint / cls.STATE).read_text())["timesteps"])
+        """The timesteps a checkpoint was saved at.
+
+        Raises:
+            FileNotFoundError: The checkpoint has no ``state.json``.
+            PolicyFileError: It is damaged or its timesteps are not a count.
+        """
+        path = checkpoint / cls.STATE
+        timesteps = require_keys(read_json(path), path, ("timesteps",), "checkpoint state")["timesteps"]
+        if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 0:
+            raise PolicyFileError(f"{path}: timesteps must be an integer >= 0, got {timesteps!r}")
+        return timesteps
 
     def save_checkpoint(self, model: Any, venv: Any) -> Path:
         """``checkpoints/step_<N>/``, built in a temporary folder and renamed into place.
@@ -248,24 +391,40 @@ class RunDir:
         Returns:
             ``(model, venv)``: the algorithm with its replay buffer, if it saved one, and the
             VecEnv with the saved normalisation statistics.
+
+        Raises:
+            FileNotFoundError: The checkpoint has no ``model.zip``.
+            PolicyFileError: One of its files cannot be loaded; the message names it.
+
+        These files are SB3's pickles, which run code when loaded: resume only your own runs.
         """
         from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
         from stable_baselines3.common.vec_env import VecNormalize
 
-        if (checkpoint / self.VECNORMALIZE).is_file():
-            venv = VecNormalize.load(str(checkpoint / self.VECNORMALIZE), venv.venv)
-        model = algo_cls.load(checkpoint / self.MODEL, env=venv, device=device)
-        if (checkpoint / self.REPLAY_BUFFER).is_file() and isinstance(model, OffPolicyAlgorithm):
-            model.load_replay_buffer(checkpoint / self.REPLAY_BUFFER)
+        model_file, stats_file, buffer_file = checkpoint / self.MODEL, checkpoint / self.VECNORMALIZE, checkpoint / self.REPLAY_BUFFER
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file} is missing: the checkpoint {checkpoint} cannot be resumed")
+        if stats_file.is_file():
+            with _loading(stats_file, "SB3 VecNormalize statistics"):
+                venv = VecNormalize.load(str(stats_file), venv.venv)
+        with _loading(model_file, f"an SB3 {algo_cls.__name__} model"):
+            model = algo_cls.load(model_file, env=venv, device=device)
+        if buffer_file.is_file() and isinstance(model, OffPolicyAlgorithm):
+            with _loading(buffer_file, "an SB3 replay buffer"):
+                model.load_replay_buffer(buffer_file)
         return model, venv
 
     @classmethod
     def _save_policy(cls, model: Any, venv: Any, folder: Path, replay_buffer: bool = False) -> None:
-        """model.zip, observation statistics (JSON and SB3 pickle), optionally the replay buffer."""
+        """The policy (lrenv's policy.json + policy.safetensors and SB3's model.zip), observation
+        statistics (JSON and SB3 pickle), optionally the replay buffer."""
         from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
         from stable_baselines3.common.vec_env import VecNormalize
 
+        from lrenv.policy import save_policy_files  # lrenv.policy imports this module
+
         folder.mkdir(parents=True, exist_ok=True)
+        save_policy_files(model, folder)
         model.save(folder / cls.MODEL)
         while venv is not None and not isinstance(venv, VecNormalize):  # VecNormalize may sit under other wrappers
             venv = getattr(venv, "venv", None)
@@ -293,6 +452,31 @@ class RunDir:
 
     @classmethod
     def read_normalization(cls, folder: str | os.PathLike[str]) -> ObsNormalization | None:
-        """The observation statistics saved in a policy folder, or ``None`` if it has none."""
+        """The observation statistics saved in a policy folder, or ``None`` if it has none.
+
+        Raises:
+            PolicyFileError: ``normalization.json`` is damaged or its statistics are malformed.
+        """
         path = Path(folder) / cls.NORMALIZATION
-        return ObsNormalization.from_dict(json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        data = require_keys(read_json(path), path, ("mean", "var", "count", "clip_obs", "epsilon"), "set of observation statistics")
+        try:
+            stats = ObsNormalization.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise PolicyFileError(f"{path}: the statistics are not numbers ({exc})") from exc
+        if stats.mean.ndim != 1 or stats.mean.shape != stats.var.shape:
+            raise PolicyFileError(f"{path}: mean and var must be lists of the same length, got shapes {stats.mean.shape} and {stats.var.shape}")
+        values = np.concatenate([stats.mean, stats.var, [stats.clip_obs, stats.epsilon]])
+        if not np.all(np.isfinite(values)) or np.any(stats.var < 0) or stats.clip_obs <= 0 or stats.epsilon < 0:
+            raise PolicyFileError(f"{path}: the statistics must be finite, with var >= 0, clip_obs > 0 and epsilon >= 0")
+        return stats
+
+
+@contextmanager
+def _loading(path: Path, what: str) -> Iterator[None]:
+    """Turns whatever SB3 raises on a damaged file into a :class:`PolicyFileError` that names it."""
+    try:
+        yield
+    except Exception as exc:  # SB3 and pickle raise anything from EOFError to KeyError on a damaged file
+        raise PolicyFileError(f"{path} could not be loaded as {what} ({type(exc).__name__}: {exc})") from exc

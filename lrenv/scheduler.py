@@ -5,7 +5,8 @@ for each epoch is the action of a policy trained in :class:`lrenv.LREnv`. Observ
 built by the env's own code (:class:`lrenv.env.features.Observer`), actions are mapped by the
 env's :class:`lrenv.env.actions.ActionMapping`, with the features, action mode and observation
 normalisation saved in the run's config: given the same losses, the scheduler sets the
-learning rates the env would have applied.
+learning rates the env would have applied. The policy comes from the run's pickle-free
+``policy.json`` / ``policy.safetensors`` (:func:`lrenv.load_policy`): loading it runs no code.
 
 Usage in a plain loop (one ``step`` per epoch, losses as floats or 0-d tensors)::
 
@@ -50,18 +51,36 @@ from torch.optim.lr_scheduler import LRScheduler
 from lrenv.engine import EpochStats
 from lrenv.env.features import Observer
 from lrenv.policy import LoadedPolicy, load_policy
+from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
 # Observer arrays that make up the scheduler's state (with the scheduler's own numbers)
 _OBSERVER_STATE = ("epoch", "epochs", "lr", "log_lr_range", "first_train", "first_valid", "train", "valid")
 
 
 def _float(value: Any, what: str) -> float:
+    """A loss as a float: a real number, or a tensor or array holding one real number.
+
+    Bools, strings and tensors of several elements are a TypeError (never read as numbers);
+    NaN and inf pass (the caller decides), an int too large for a float is ±inf.
+    """
     if isinstance(value, torch.Tensor):
-        value = value.detach().item()
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be a number or a 0-d tensor, got {value!r}") from exc
+        value = value.detach().cpu()
+        value = (value.double() if value.is_floating_point() else value).numpy()  # numpy has no bfloat16
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "fiu":  # float, signed and unsigned integer
+            raise TypeError(f"{what} must be a real number or a one-element tensor, got one of dtype {value.dtype}")
+        if value.size != 1:
+            raise TypeError(f"{what} must be a real number or a one-element tensor, got shape {tuple(value.shape)}")
+        value = value.reshape(()).item()
+    if not is_real(value):
+        raise TypeError(f"{what} must be a real number or a one-element tensor, got {value!r}")
+    return to_float(value)
+
+
+def _check_initial(losses: dict[str, float]) -> None:
+    for what, value in losses.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite: the observations are relative to the epoch-0 losses; got {value!r}")
 
 
 def _stats(train: float, std: float, valid: float) -> EpochStats:
@@ -101,14 +120,17 @@ class PolicyScheduler(LRScheduler):
     ) -> None:
         task_config = policy.task_config(task)
         self.policy = policy
-        self.epochs = int(task_config["epochs"] if epochs is None else epochs)
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        low, high = (float(v) for v in (task_config["lr_range"] if lr_range is None else lr_range))
-        if not (0 < low < high and math.isfinite(high)):
-            raise ValueError(f"lr_range must be (low, high) with 0 < low < high < inf, got {lr_range!r}")
-        self.lr_range = (low, high)
-        self.deterministic = deterministic
+        # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
+        self.epochs = check_positive_int(task_config["epochs"] if epochs is None else epochs, "epochs")
+        self.lr_range = check_lr_range(task_config["lr_range"] if lr_range is None else lr_range, "lr_range")
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
+        self.deterministic = bool(deterministic)
+        given = {"initial_train_loss": initial_train_loss, "initial_valid_loss": initial_valid_loss}
+        initial = {what: _float(v, what) for what, v in given.items() if v is not None}
+        _check_initial(initial)
+        if initial_valid_loss is None and initial_train_loss is not None:
+            raise ValueError("initial_train_loss needs initial_valid_loss too (the env's observations are built from both)")
         env = policy.env_config
         self.observer = Observer(env.features, n=1)
         self.actions = env.action_mapping()
@@ -122,8 +144,6 @@ class PolicyScheduler(LRScheduler):
         self.current_lr = float(self.base_lrs[0])
         if initial_valid_loss is not None:
             self._start(initial_train_loss, initial_valid_loss)
-        elif initial_train_loss is not None:
-            raise ValueError("initial_train_loss needs initial_valid_loss too (the env's observations are built from both)")
 
     # -- LRScheduler API -------------------------------------------------------------------
 
@@ -152,6 +172,17 @@ class PolicyScheduler(LRScheduler):
 
         Before the epoch-0 losses are known (no ``initial_*`` arguments), the first call
         gives them: the untrained model's losses.
+
+        Losses are real numbers or one-element tensors/arrays; a bool, a string or a tensor of
+        several elements is a ``TypeError``. As in the env, a loss of 0 or below is floored at
+        1e-30 by the observation, and a NaN or inf loss after epoch 0 is taken as a diverged
+        value: the features clamp to their bounds and the policy still gets a finite LR. The
+        epoch-0 losses must be finite (``ValueError``): every later feature is relative to
+        them. A negative ``train_loss_std`` is a ``ValueError``.
+
+        Raises:
+            TypeError: A loss is not a number, or is given both positionally and by name.
+            ValueError: No loss, a non-finite epoch-0 loss or a negative ``train_loss_std``.
         """
         if valid_loss is None:
             valid_loss = metrics
@@ -165,12 +196,16 @@ class PolicyScheduler(LRScheduler):
                 "In PyTorch Lightning return {'scheduler': s, 'monitor': 'val_loss', 'interval': 'epoch', "
                 "'reduce_on_plateau': True} from configure_optimizers so Lightning passes the monitored loss"
             )
-        if not self.started:
-            self._start(train_loss, valid_loss)
-            return
+        # every argument is type-checked, also at epoch 0 where the spread is not used
         valid = _float(valid_loss, "valid_loss")
         train = valid if train_loss is None else _float(train_loss, "train_loss")
         std = 0.0 if train_loss_std is None else _float(train_loss_std, "train_loss_std")
+        if std < 0:  # NaN passes: the std of a diverged epoch's losses
+            raise ValueError(f"train_loss_std must be >= 0 (a standard deviation), got {train_loss_std!r}")
+        if not self.started:
+            _check_initial({"the epoch-0 valid_loss": valid, "the epoch-0 train_loss": train})
+            self._start(train_loss, valid_loss)
+            return
         self._step_count += 1
         self.last_epoch += 1
         obs = self.observer.update(_stats(train, std, valid), np.array([self.current_lr]))
@@ -251,16 +286,31 @@ class PolicyScheduler(LRScheduler):
 def load_scheduler(
     optimizer: torch.optim.Optimizer,
     run_dir_or_policy_file: str | Path | LoadedPolicy,
+    *,
+    trust: bool = False,
     **kwargs: Any,
 ) -> PolicyScheduler:
     """A :class:`PolicyScheduler` driven by the policy of a training run.
 
+    The policy is read from the run's ``policy.json`` / ``policy.safetensors`` (plain data: no
+    code runs; see :func:`lrenv.load_policy`).
+
     Args:
         optimizer: The optimizer to control.
         run_dir_or_policy_file: A run folder written by ``agents.train``, a checkpoint folder,
-            a ``model.zip`` in one, or an already loaded policy.
+            the ``policy.json`` in one, or an already loaded policy.
+        trust: Also read an SB3 ``model.zip``, whose pickles run code when loaded: only for
+            files you made yourself.
         **kwargs: Keyword arguments of :class:`PolicyScheduler` (``epochs``, ``lr_range``,
             ``initial_train_loss``, ``initial_valid_loss``, ``task``, ``deterministic``).
+
+    Raises:
+        FileNotFoundError: The folder holds no policy or a file of it is missing.
+        lrenv.policy.PolicyFileError: A file is damaged or of an unknown format (the message
+            names it), or only an SB3 ``model.zip`` is there and ``trust`` is false.
     """
-    policy = run_dir_or_policy_file if isinstance(run_dir_or_policy_file, LoadedPolicy) else load_policy(run_dir_or_policy_file)
+    if isinstance(run_dir_or_policy_file, LoadedPolicy):
+        policy = run_dir_or_policy_file
+    else:
+        policy = load_policy(run_dir_or_policy_file, trust=trust)
     return PolicyScheduler(optimizer, policy, **kwargs)

@@ -17,9 +17,9 @@ Install it with ``pip install "lrenv[wandb]"``.
 
 from __future__ import annotations
 
+import http.client
 import netrc
 import os
-import socket
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,14 +55,23 @@ def has_api_key() -> bool:
 
 
 def server_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B server (``WANDB_BASE_URL``) opens within ``timeout`` s."""
+    """Whether the W&B server (``WANDB_BASE_URL``) answers an HTTP request within ``timeout`` s.
+
+    Any answer counts (even an error status): what matters is that requests come back. A
+    host that accepts connections but never answers would otherwise hold ``wandb.init``
+    for its own timeouts and retries (about 30 s measured with ``init_timeout=15``).
+    """
     parts = urlsplit(_base_url())
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
+        connection.request("HEAD", "/")
+        connection.getresponse()
+        return True
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        connection.close()
 
 
 def choose_mode() -> str:
@@ -78,6 +87,7 @@ class Tracker:
 
     def __init__(self, run: Any) -> None:
         self.run = run
+        self._pending: list[dict[str, Any]] | None = None
         run.define_metric(STEP_METRIC)
         for prefix in METRIC_PREFIXES:
             run.define_metric(f"{prefix}/*", step_metric=STEP_METRIC)
@@ -96,8 +106,28 @@ class Tracker:
         return Path(self.run.dir).parent
 
     def log(self, values: dict[str, Any], step: int) -> None:
-        """Log ``values`` at agent timestep ``step``."""
-        self.run.log({**values, STEP_METRIC: int(step)})
+        """Log ``values`` at agent timestep ``step`` (kept until :meth:`commit` while holding)."""
+        record = {**values, STEP_METRIC: int(step)}
+        if self._pending is None:
+            self.run.log(record)
+        else:
+            self._pending.append(record)
+
+    def hold(self) -> None:
+        """Keep what is logged from now on until :meth:`commit`.
+
+        Training commits at each checkpoint: a run killed between two checkpoints has sent
+        nothing that its resumed run, which restarts from the last checkpoint, logs again.
+        """
+        if self._pending is None:
+            self._pending = []
+
+    def commit(self) -> None:
+        """Send what was kept while holding (and go on holding)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for record in pending:
+                self.run.log(record)
 
     def summary(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -128,7 +158,9 @@ class Tracker:
         return _WandbWriter(self)
 
     def finish(self, exit_code: int = 0) -> None:
+        """Commit what is held and close the run."""
         try:
+            self.commit()
             self.run.finish(exit_code=exit_code)
         except Exception as exc:  # a failing upload must not turn a finished training into a failure
             warnings.warn(f"W&B: finishing the run failed ({exc}); its files are in {self.folder}", TrackingWarning, stacklevel=2)

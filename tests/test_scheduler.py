@@ -55,10 +55,15 @@ def test_load_policy_interface(run_dir):
     assert actions.shape == (3, 1) and actions.dtype == np.float32 and np.all(np.abs(actions) <= 1)
     # the saved statistics are VecNormalize's: normalisation is not the identity
     assert policy.normalization is not None and not np.allclose(policy.normalize(obs), obs)
-    # a checkpoint folder and a model.zip load too
+    # a checkpoint folder and a policy.json load too; SB3's model.zip only when trusted
     checkpoint = sorted((run_dir / "checkpoints").iterdir())[-1]
     assert lrenv.load_policy(checkpoint).predict(obs).shape == (3, 1)
-    assert lrenv.load_policy(run_dir / "model.zip").name == policy.name
+    assert lrenv.load_policy(run_dir / "policy.json").name == policy.name
+    with pytest.raises(lrenv.policy.UntrustedPolicyError, match="trust=True"):
+        lrenv.load_policy(run_dir / "model.zip")
+    trusted = lrenv.load_policy(run_dir / "model.zip", trust=True)
+    np.testing.assert_array_equal(trusted.predict(obs), actions)
+    assert trusted.timesteps == policy.timesteps >= 80
     with pytest.raises(FileNotFoundError, match="no policy"):
         lrenv.load_policy(run_dir / "nothing")
 

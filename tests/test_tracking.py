@@ -1,8 +1,12 @@
 """W&B tracking: an offline run holds config, episode metrics and the policy; no server never stops training."""
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +81,78 @@ def test_unreachable_server_falls_back_to_offline_and_training_completes(tmp_pat
     assert (run_dir / "model.zip").is_file()
     (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
     assert inspect(wandb_run, "--summary")["state"] == "finished"
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback server that accepts connections and never answers: a host that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_no_login_and_a_silent_host_train_on_offline_and_warn_within_30_s(tmp_path, monkeypatch, silent_server):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # not logged in
+    monkeypatch.setenv("WANDB_BASE_URL", silent_server)
+    started: list[float] = []
+    start_wandb = tracking.start_wandb
+
+    def timed(*args, **kwargs):
+        t = time.monotonic()
+        tracker = start_wandb(*args, **kwargs)
+        started.append(time.monotonic() - t)
+        return tracker
+
+    monkeypatch.setattr(tracking, "start_wandb", timed)
+    with pytest.warns(tracking.TrackingWarning, match="tracking this run offline"):
+        run_dir = train_tracked(tmp_path)
+    assert started and started[0] < 30, started  # the warning comes when start_wandb gives up on the server
+    assert (run_dir / "model.zip").is_file()
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")  # kept to sync later
+    assert inspect(wandb_run, "--summary")["state"] == "finished"
+
+
+class RecordingRun:
+    """What Tracker needs of a W&B run; keeps what is logged."""
+
+    def __init__(self) -> None:
+        self.logged: list[dict] = []
+
+    def define_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def log(self, values: dict) -> None:
+        self.logged.append(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def test_held_values_reach_wandb_only_when_committed():
+    run = RecordingRun()
+    tracker, sent = tracking.Tracker(run), run.logged
+    tracker.hold()
+    tracker.log({"episode/return": 1.0}, 5)
+    assert sent == []  # a kill now loses nothing a resume would not train again
+    tracker.commit()
+    tracker.log({"episode/return": 2.0}, 9)
+    assert [v["global_step"] for v in sent] == [5]
+    tracker.finish()
+    assert [v["global_step"] for v in sent] == [5, 9]
 
 
 def test_failed_online_init_falls_back_to_offline_within_the_timeout(tmp_path, monkeypatch):

@@ -65,6 +65,14 @@ def test_each_algorithm_writes_a_complete_run_folder(algo, tiny_task_name, tmp_p
     assert results["policy"]["episodes"] == 1 and results["default_constant"]["final_valid_loss_mean"] > 0
     policy = lrenv.load_policy(run_dir)
     assert policy.predict(np.zeros((1, 8), np.float32)).shape == (1, 1)
+    # lrenv's pickle-free policy files beside SB3's zip, in the run folder and every checkpoint; they act as the zip does
+    for folder in (run_dir, *RunDir(run_dir).checkpoints()):
+        assert (folder / "policy.json").is_file() and (folder / "policy.safetensors").is_file() and (folder / "model.zip").is_file()
+    spec = json.loads((run_dir / "policy.json").read_text())
+    assert spec["format"] == 1 and spec["algo"] == algo and spec["timesteps"] == policy.timesteps >= 40
+    sb3 = lrenv.policy.algorithm_class(algo).load(run_dir / "model.zip", device="cpu")
+    obs = policy.normalize(np.random.default_rng(0).normal(size=(32, 8)))
+    np.testing.assert_array_equal(policy.model.predict(obs, deterministic=True)[0], sb3.predict(obs, deterministic=True)[0])
 
 
 def test_task_list_trains_one_policy_on_a_dummy_vec_env(tiny_task_name, tmp_path):
@@ -117,17 +125,29 @@ def _progress_steps(path: Path) -> list[int]:
         return [int(row["time/total_timesteps"]) for row in csv.DictReader(f)]
 
 
-def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
+def _episode_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "episodes.jsonl"
+    return [json.loads(line)["timesteps"] for line in path.read_text().splitlines() if line.endswith("}")] if path.is_file() else []
+
+
+def test_resume_after_sigkill_continues_from_the_last_checkpoint_and_logs_each_episode_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "agents.train", "--algo", "ppo", "--task", "Digits-MLP-v0", "--timesteps", "400",
-           "--n-envs", "4", "--checkpoint-freq", "40", "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress-bar",
+    cmd = [sys.executable, "-m", "agents.train", "--algo", "ppo", "--task", "Digits-MLP-v0", "--timesteps", "600",
+           "--n-envs", "4", "--checkpoint-freq", "100", "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress-bar",
            "--set", "env.task_config={epochs: 3}", "hyperparams.n_steps=6", "hyperparams.batch_size=12", "hyperparams.n_epochs=2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # kill once episodes and metrics past the latest checkpoint have been logged
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(tmp_path.glob("*/checkpoints/step_*")):
+        while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
+            found = list(tmp_path.glob("*/checkpoints/step_*"))
+            if found:
+                run_dir, last = found[0].parents[1], max(int(p.name.split("_")[1]) for p in found)
+                progress = _progress_steps(run_dir / "progress.csv") if (run_dir / "progress.csv").is_file() else []
+                if min(max(_episode_steps(run_dir), default=0), max(progress, default=0)) > last:
+                    break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -135,18 +155,27 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     assert not (run_dir / "model.zip").exists()  # killed before the end
     killed_at = int(RunDir(run_dir).checkpoints()[-1].name.split("_")[1])
-    assert 40 <= killed_at < 400
+    assert 100 <= killed_at < 600
+    logged_before = _episode_steps(run_dir)
+    assert max(logged_before) > killed_at and max(_progress_steps(run_dir / "progress.csv")) > killed_at  # trained again after the resume
+    killed_part = {(e["timesteps"], e["run_seed"]) for e in map(json.loads, (run_dir / "episodes.jsonl").read_text().splitlines())}
 
     resumed = train.main(["--resume", str(run_dir), "--no-progress-bar"])
     assert resumed == run_dir
     policy = lrenv.load_policy(run_dir)
-    assert policy.model.num_timesteps >= 400 and policy.predict(np.zeros((1, 8), np.float32)).shape == (1, 1)
-    # timesteps kept counting up from the checkpoint; the first part's metrics were kept
-    after = _progress_steps(run_dir / "progress_2.csv")
-    assert after and after[0] > killed_at and after == sorted(after)
-    assert (run_dir / "progress.csv").is_file()
+    assert policy.timesteps >= 600 and policy.predict(np.zeros((1, 8), np.float32)).shape == (1, 1)
+    # timesteps kept counting up from the checkpoint; the first part's metrics were kept up to it
+    before, after = _progress_steps(run_dir / "progress.csv"), _progress_steps(run_dir / "progress_2.csv")
+    assert after and after[0] > killed_at and before + after == sorted(set(before + after))
+    assert not before or before[-1] <= killed_at
+    # each training episode once: the log holds the first part up to the checkpoint, then the resumed part
+    logged = _episode_steps(run_dir)
+    assert logged == sorted(logged) and logged[: len([s for s in logged_before if s <= killed_at])] == [s for s in logged_before if s <= killed_at]
+    assert [s for s in logged if s > killed_at] and all(s <= 600 + 12 for s in logged)
+    final = {(e["timesteps"], e["run_seed"]) for e in map(json.loads, (run_dir / "episodes.jsonl").read_text().splitlines())}
+    assert not {e for e in killed_part if e[0] > killed_at} & final  # the episodes the resume trained again are gone
     steps = [int(p.name.split("_")[1]) for p in RunDir(run_dir).checkpoints()]
-    assert steps[0] <= killed_at < steps[-1] and steps[-1] >= 400
+    assert steps[0] <= killed_at < steps[-1] and steps[-1] >= 600
 
 
 @pytest.mark.slow
