@@ -72,6 +72,10 @@ class Args:
     quick: bool = field(default=False, metadata={"help": QUICK_HELP})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
     workers: int | None = field(default=None, metadata={"help": "worker processes (default: one per CPU core; 0 runs in this process)"})
+    backend: str = field(default="local", metadata={"help": "where populations run: local (worker processes) or ray (Ray tasks; pip install 'lrenv[ray]')"})
+    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: $RAY_ADDRESS, else a local cluster)"})
+    cpus_per_population: float = field(default=1.0, metadata={"help": "CPUs each Ray task declares"})
+    gpus_per_population: float | None = field(default=None, metadata={"help": "GPUs each Ray task declares (default: 0.25 on CUDA, else 0)"})
     population: int = field(default=DEFAULT_POPULATION, metadata={"help": "most runs trained as one batched population"})
     device: str = field(default="cpu", metadata={"help": "device of the inner runs: cpu, cuda, auto"})
     dtype: str = field(default="float32", metadata={"help": "float32 or float64"})
@@ -262,12 +266,14 @@ def main(argv: list[str] | None = None) -> Results:
     task_names = resolve_tasks(args.tasks)
     contenders = [load_run(run) for run in args.runs]
     cache_dir = (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) if args.cache else None
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
     print(
         f"Comparing {len(args.baselines)} tuned baselines"
         + (f" and {len(contenders)} trained run(s) ({', '.join(c.name for c in contenders)})" if contenders else "")
         + f" on {', '.join(task_names)}: {trials} trials x {tune} tuning seeds, {seeds} evaluation seeds"
         + (f", {epochs} epochs per run" if epochs else "")
-        + f"; {workers} worker process(es)" + (f", cache {cache_dir}" if cache_dir else "")
+        + (f"; {workers} worker process(es)" if args.backend == "local" else f"; Ray tasks on {address or 'a local cluster'}")
+        + (f", cache {cache_dir}" if cache_dir else "")
     )
     results = compare(
         task_names,
@@ -284,6 +290,10 @@ def main(argv: list[str] | None = None) -> Results:
         population=args.population,
         cache_dir=cache_dir,
         progress=args.progress,
+        backend=args.backend,
+        address=address,
+        cpus_per_population=args.cpus_per_population,
+        gpus_per_population=args.gpus_per_population,
     )
     out = Path(args.out)
     paths = write_outputs(results, out)

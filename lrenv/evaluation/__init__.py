@@ -7,7 +7,8 @@ seeds and returns :class:`Results` (tables, CSV). The modules, in the order data
 - ``protocol``: seeds, contenders (learned policies, reference schedules), jobs (populations);
 - ``tuning``: the equal-budget tuning grid and the choice of the best setting;
 - ``runner``: one population, driven epoch by epoch through the env's own episode code;
-- ``cache`` and ``executor``: finished populations on disk; worker processes, progress;
+- ``cache`` and ``executor``: finished populations on disk; where populations run (this
+  process, local worker processes, or Ray tasks through ``ray_pool``), progress;
 - ``compare``: the two stages (tuning, then evaluation) over all tasks;
 - ``results``: statistics (accurate, fast, reliable), ranks, Markdown and CSV.
 """

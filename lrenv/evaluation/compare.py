@@ -27,7 +27,7 @@ from lrenv.baselines import BASELINES, baseline_optimizer, get_baseline
 from lrenv.engine import resolve_device
 from lrenv.env.config import EnvConfig
 from lrenv.evaluation.cache import EpisodeCache
-from lrenv.evaluation.executor import Executor
+from lrenv.evaluation.executor import Executor, Pool, ProcessPool
 from lrenv.evaluation.protocol import (
     DEFAULT_EVAL_SEEDS,
     DEFAULT_POPULATION,
@@ -72,6 +72,10 @@ def compare(
     batched: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_population: float = 1.0,
+    gpus_per_population: float | None = None,
 ) -> Results:
     """Tune every baseline on every task with the same budget, then evaluate all methods on paired seeds.
 
@@ -89,11 +93,19 @@ def compare(
         device: ``"cpu"``, ``"cuda"``, ``"auto"``.
         dtype: ``"float32"`` or ``"float64"``.
         divergence_penalty: Return of a diverged episode is ``-divergence_penalty`` (as in LREnv).
-        workers: Worker processes (0: run in this process).
+        workers: Worker processes (0: run in this process); with ``backend="ray"`` and no
+            ``address``, the CPUs of the local Ray cluster started for the comparison.
         population: Most runs trained as one population.
         batched: Passed to the engine (``None``: stack runs where the model allows it).
         cache_dir: Cache of finished populations (``None``: no cache); see :func:`default_cache_dir`.
         progress: Show a progress bar (tqdm) of inner epochs.
+        backend: ``"local"`` (this process or local worker processes) or ``"ray"``
+            (:class:`lrenv.evaluation.ray_pool.RayPool`: one Ray task per population). The
+            results are the same either way.
+        address: The Ray cluster to use (``None``: the one already joined, else a local one).
+        cpus_per_population: CPUs each Ray task declares.
+        gpus_per_population: GPUs each Ray task declares (default: 0.25 on CUDA, so four
+            populations share a device, else 0).
 
     Returns:
         The episodes and tuning results, with statistics methods.
@@ -159,7 +171,8 @@ def compare(
 
     total = sum((sum(len(job.slots) for job in stage1[name]) + len(evals) * len(baselines)) * configs[name].epochs for name in task_names)
     cache = EpisodeCache(cache_dir) if cache_dir is not None else None
-    with Executor(workers, cache, progress, total) as executor:
+    pool = _make_pool(backend, workers, address, cpus_per_population, gpus_per_population, env.device)
+    with Executor(pool, cache, progress, total) as executor:
         episodes = executor.run(stage1, stage2)
     order = [*baselines] + [c.name for c in contenders] + ([OPTIMAL] if OPTIMAL in kinds else [])
     settings = {
@@ -174,9 +187,22 @@ def compare(
         "dtype": dtype,
         "divergence_penalty": divergence_penalty,
         "population": population,
+        "backend": backend,
         "trained_on": trained_on,
     }
     return Results(episodes, tuned, task_names, order, kinds, settings)
+
+
+def _make_pool(backend: str, workers: int, address: str | None, cpus: float, gpus: float | None, device: str) -> Pool | None:
+    if backend == "local":
+        return ProcessPool(workers) if workers > 0 else None
+    if backend == "ray":
+        from lrenv.evaluation.ray_pool import RayPool
+
+        if gpus is None:
+            gpus = 0.25 if resolve_device(device).type == "cuda" else 0.0
+        return RayPool(address, workers=workers or None, num_cpus=cpus, num_gpus=gpus)
+    raise ValueError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
 
 
 def _checked_seeds(evals: int | Sequence[int], tunes: int | Sequence[int], need_tuning: bool) -> tuple[list[int], list[int]]:

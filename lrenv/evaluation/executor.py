@@ -1,9 +1,14 @@
-"""Where populations run: in this process or in worker processes, with a progress bar and the cache.
+"""Where populations run: in this process, in local worker processes or on a Ray cluster.
 
 :class:`Executor` takes each task's first-stage jobs (tuning, and contenders that need no
 tuning) and, as soon as a task's first stage is done, the jobs its follow-up returns (the
-tuned baselines on the evaluation seeds), while other tasks go on. Workers are spawned
-processes with one torch thread each: parallelism comes from processes and batching.
+tuned baselines on the evaluation seeds), while other tasks go on. It checks the cache
+before it runs a job, stores what finishes, and keeps a progress bar of inner epochs.
+
+Jobs run through a :class:`Pool`: :class:`ProcessPool` (spawned local processes with one
+torch thread each: parallelism comes from processes and batching) or
+:class:`lrenv.evaluation.ray_pool.RayPool`; without a pool, in this process. A job whose
+worker is lost (a killed process, a dead node) is run again elsewhere, with a warning.
 """
 
 from __future__ import annotations
@@ -15,13 +20,46 @@ import queue as queue_module
 import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
 
 import torch
 
 from lrenv.evaluation.cache import EpisodeCache, job_key
 from lrenv.evaluation.protocol import Job
 from lrenv.evaluation.runner import Episode, run_job
+
+#: How often a job whose worker was lost is run again before the comparison gives up.
+MAX_RERUNS = 3
+
+
+class LostWorker(Exception):
+    """The worker running a job died (killed, out of memory, its node gone): run the job again."""
+
+
+class Pool(Protocol):
+    """Runs jobs somewhere else; results come back as :meth:`lrenv.evaluation.runner.Episode.to_dict` lists."""
+
+    #: Jobs worth keeping in flight at once.
+    capacity: int
+    #: Whether :meth:`progress` counts epochs as they are trained (else a job counts when it ends).
+    reports_progress: bool
+
+    def submit(self, job: Job) -> Any:
+        """Start ``job``; returns a handle."""
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        """The handles that finished, waiting at most ``timeout`` seconds for the first."""
+
+    def result(self, handle: Any) -> list[dict[str, Any]]:
+        """A finished job's episodes; raises :class:`LostWorker` if its worker died."""
+
+    def progress(self) -> int:
+        """Inner epochs trained since the last call (0 where the pool does not report them)."""
+
+    def close(self) -> None:
+        """Stop the workers."""
+
 
 _PROGRESS: Any = None  # a multiprocessing queue in worker processes
 
@@ -39,33 +77,73 @@ def _worker_run(job: Job) -> list[dict[str, Any]]:
     return [e.to_dict() for e in run_job(job, report)]
 
 
+class ProcessPool:
+    """``workers`` spawned local processes (a :class:`~concurrent.futures.ProcessPoolExecutor`)."""
+
+    reports_progress = True
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.capacity = 2 * workers  # a few jobs in flight per worker keep them busy without fixing the order early
+        self._ctx = multiprocessing.get_context("spawn")
+        self._queue = self._ctx.Queue()
+        self._executor = self._new_executor()
+        self._from: dict[Future, ProcessPoolExecutor] = {}
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=self._ctx, initializer=_worker_init, initargs=(self._queue,))
+
+    def submit(self, job: Job) -> Future:
+        future = self._executor.submit(_worker_run, job)
+        self._from[future] = self._executor
+        return future
+
+    def wait(self, handles: list[Future], timeout: float) -> list[Future]:
+        finished, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(finished)
+
+    def result(self, handle: Future) -> list[dict[str, Any]]:
+        executor = self._from.pop(handle, None)
+        try:
+            return handle.result()
+        except BrokenProcessPool as exc:  # a worker died: every job in flight is lost with it
+            if executor is self._executor:  # the first of them replaces the broken pool
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._new_executor()
+            raise LostWorker(str(exc) or "a worker process ended abruptly") from exc
+
+    def progress(self) -> int:
+        done = 0
+        with contextlib.suppress(queue_module.Empty):
+            while True:
+                done += self._queue.get_nowait()
+        return done
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 class Executor:
-    """Runs jobs in this process (``workers=0``) or in worker processes, with a progress bar and a cache.
+    """Runs jobs through a pool (``None``: in this process), with a progress bar and a cache.
 
     Args:
-        workers: Worker processes (0: this process).
+        pool: Where jobs run; ``None`` runs them here, one after another.
         cache: Finished populations (``None``: no cache).
         progress: Show a progress bar of inner epochs.
         total_epochs: The bar's total.
     """
 
-    def __init__(self, workers: int, cache: EpisodeCache | None, progress: bool, total_epochs: int) -> None:
-        self.workers = workers
+    def __init__(self, pool: Pool | None, cache: EpisodeCache | None, progress: bool, total_epochs: int) -> None:
+        self.pool = pool
         self.cache = cache
         self.bar = _progress_bar(total_epochs, progress)
-        self.pool: ProcessPoolExecutor | None = None
-        self.queue: Any = None
 
     def __enter__(self) -> Executor:
-        if self.workers > 0:
-            ctx = multiprocessing.get_context("spawn")
-            self.queue = ctx.Queue()
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self.queue,))
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.close()
         self.bar.close()
 
     def run(self, stages: dict[str, list[Job]], follow_up: Callable[[str, list[Episode]], list[Job]]) -> list[Episode]:
@@ -76,15 +154,16 @@ class Executor:
         """
         done: dict[str, list[list[Episode] | None]] = {}
         second: set[str] = set()
-        pending: dict[Future, tuple[str, int, str | None]] = {}
+        pending: dict[Any, tuple[str, int, Job, str | None, int]] = {}
         waiting: list[tuple[int, int, str, int, Job, str | None]] = []  # (stage, order, task, index, job, key)
+        reruns: dict[tuple[str, int], int] = {}
 
         def submit(task: str, jobs: list[Job], stage: int) -> None:
             base = len(done.setdefault(task, []))
             done[task].extend([None] * len(jobs))
             for i, job in enumerate(jobs, start=base):
                 key = job_key(job) if self.cache is not None else None
-                cached = self._load(key)
+                cached = self.cache.load(key) if self.cache is not None else None
                 if cached is not None:
                     done[task][i] = cached
                     self.bar.update(len(job.slots) * _epochs(job))
@@ -101,37 +180,42 @@ class Executor:
                 submit(task, follow_up(task, [e for r in done[task] for e in r or []]), stage=2)
 
         def feed() -> None:
-            # second stages first (a task's results complete early), then first stages in task order;
-            # a few jobs in flight per worker keep the processes busy without fixing the order early
+            # second stages first (a task's results complete early), then first stages in task order
             assert self.pool is not None
             waiting.sort(key=lambda w: (w[0], w[1]))
-            while waiting and len(pending) < 2 * self.workers:
-                _, _, task, i, job, key = waiting.pop(0)
-                pending[self.pool.submit(_worker_run, job)] = (task, i, key)
+            while waiting and len(pending) < self.pool.capacity:
+                stage, _, task, i, job, key = waiting.pop(0)
+                pending[self.pool.submit(job)] = (task, i, job, key, stage)
 
         for task, jobs in stages.items():
             submit(task, jobs, stage=1)
         while waiting or pending:
             feed()
-            finished, _ = wait(list(pending), timeout=0.25, return_when=FIRST_COMPLETED)
-            self._drain()
-            for future in finished:
-                task, i, key = pending.pop(future)
-                done[task][i] = [Episode(**e) for e in future.result()]
-                self._store(key, done[task][i])
+            assert self.pool is not None
+            finished = self.pool.wait(list(pending), timeout=0.25)
+            self._count_progress()
+            for handle in finished:
+                task, i, job, key, stage = pending.pop(handle)
+                try:
+                    episodes = [Episode(**e) for e in self.pool.result(handle)]
+                except LostWorker as exc:
+                    reruns[(task, i)] = reruns.get((task, i), 0) + 1
+                    if reruns[(task, i)] > MAX_RERUNS:
+                        raise RuntimeError(f"a population of {task} lost its worker {MAX_RERUNS + 1} times; last: {exc}") from exc
+                    warnings.warn(f"lrenv: a worker was lost ({exc}); running its population of {task} again", RuntimeWarning, stacklevel=2)
+                    waiting.append((stage, -1, task, i, job, key))  # first in line
+                    continue
+                if not self.pool.reports_progress:
+                    self.bar.update(len(job.slots) * _epochs(job))
+                done[task][i] = episodes
+                self._store(key, episodes)
                 advance(task)
-        self._drain()
+        self._count_progress()
         return [e for task in stages for r in done[task] for e in r or []]
 
-    def _drain(self) -> None:
-        if self.queue is None:
-            return
-        with contextlib.suppress(queue_module.Empty):
-            while True:
-                self.bar.update(self.queue.get_nowait())
-
-    def _load(self, key: str | None) -> list[Episode] | None:
-        return self.cache.load(key) if self.cache is not None else None
+    def _count_progress(self) -> None:
+        if self.pool is not None:
+            self.bar.update(self.pool.progress())
 
     def _store(self, key: str | None, episodes: list[Episode] | None) -> None:
         if self.cache is not None:
