@@ -165,7 +165,6 @@ def validate_config(config: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
     algo_cls = algorithm_class(config["algo"])
-    env_config(config)
     allowed = allowed_hyperparams(algo_cls)
     unknown = sorted(set(config.get("hyperparams") or {}) - set(allowed))
     if unknown:

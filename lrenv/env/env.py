@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 
 from lrenv.engine import Engine
-from lrenv.env.actions import check_actions
 from lrenv.env.config import EnvConfig
 from lrenv.env.episodes import EpisodeBatch
 from lrenv.env.features import Observer
@@ -134,7 +133,7 @@ class LREnv(gym.Env):
         episode = self._batches.get(self._task_index)
         if episode is None or episode.done[0]:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
-        obs, reward, terminated, truncated, infos = episode.step(check_actions(action, 1, scalar_ok=True))
+        obs, reward, terminated, truncated, infos = episode.step(action)  # the action mapping checks the action
         self._history.append(infos[0])
         return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
 
