@@ -31,8 +31,10 @@ What each input means (as in the env, see :mod:`lrenv.env.features`):
   ``train_loss_spread`` = std / mean). When it is missing the feature is 0, its value at
   epoch 0, which a policy trained on real spreads has seen only at the start.
 * The optimizer's LR when the scheduler is created is the starting LR: the epoch-0 ``log_lr``
-  feature and, in relative action mode, the LR the first factor multiplies. The env starts
-  from the task's ``default_lr``; use it for an exact match.
+  feature and, in relative action mode, the LR the first factor multiplies. In multiplier
+  mode it is the base LR that every action scales (``lr = base * shape(i/T) * f ** a``): the policy takes
+  the LR's scale from the optimizer and gives its shape. The env starts from the task's
+  ``default_lr``; use it for an exact match.
 
 With several parameter groups, group g gets ``lr * initial_lr[g] / initial_lr[0]``: the
 policy sets the first group's LR and the others keep their ratios to it.
@@ -54,7 +56,7 @@ from lrenv.policy import LoadedPolicy, load_policy
 from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
 # Observer arrays that make up the scheduler's state (with the scheduler's own numbers)
-_OBSERVER_STATE = ("epoch", "epochs", "lr", "log_lr_range", "first_train", "first_valid", "train", "valid")
+_OBSERVER_STATE = ("epoch", "epochs", "lr", "base_lr", "log_lr_range", "first_train", "first_valid", "train", "valid")
 
 
 def _float(value: Any, what: str) -> float:
@@ -95,7 +97,9 @@ class PolicyScheduler(LRScheduler):
         policy: A :class:`lrenv.policy.LoadedPolicy` (see :func:`load_policy`).
         epochs: Epoch budget T of this training run (the ``progress`` feature is epoch / T).
             Default: the training task's ``epochs``.
-        lr_range: ``(low, high)`` LR range the actions map onto. Default: the training task's.
+        lr_range: ``(low, high)`` LR range the actions map onto (and are clipped to). Default:
+            the training task's; for a policy in ``"multiplier"`` action mode (such as the
+            shipped ``"default"``) ``base/f .. base*f`` around the optimizer's LR.
         initial_train_loss: Train loss of the untrained model (epoch 0); see the module doc.
         initial_valid_loss: Validation loss of the untrained model (epoch 0).
         task: Which training task's ``epochs``/``lr_range`` to default to when the policy was
@@ -122,7 +126,10 @@ class PolicyScheduler(LRScheduler):
         self.policy = policy
         # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
         self.epochs = check_positive_int(task_config["epochs"] if epochs is None else epochs, "epochs")
-        self.lr_range = check_lr_range(task_config["lr_range"] if lr_range is None else lr_range, "lr_range")
+        env = policy.env_config
+        # a multiplier-mode policy takes its scale from the optimizer: its default range is base/f .. base*f
+        by_base = env.action_mode == "multiplier" and lr_range is None
+        self.lr_range = None if by_base else check_lr_range(task_config["lr_range"] if lr_range is None else lr_range, "lr_range")
         if not isinstance(deterministic, (bool, np.bool_)):
             raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
         self.deterministic = bool(deterministic)
@@ -131,7 +138,6 @@ class PolicyScheduler(LRScheduler):
         _check_initial(initial)
         if initial_valid_loss is None and initial_train_loss is not None:
             raise ValueError("initial_train_loss needs initial_valid_loss too (the env's observations are built from both)")
-        env = policy.env_config
         self.observer = Observer(env.features, n=1)
         self.actions = env.action_mapping()
         self.started = False  # epoch-0 losses seen
@@ -142,6 +148,9 @@ class PolicyScheduler(LRScheduler):
         super().__init__(optimizer)
         self._initialising = False
         self.current_lr = float(self.base_lrs[0])
+        if by_base:
+            f = env.relative_factor
+            self.lr_range = check_lr_range((self.current_lr / f, self.current_lr * f), "the optimizer's LR times 1/f .. f")
         if initial_valid_loss is not None:
             self._start(initial_train_loss, initial_valid_loss)
 
@@ -274,10 +283,11 @@ class PolicyScheduler(LRScheduler):
     def _act(self, obs: np.ndarray) -> None:
         self.observation = obs[0]
         action = self.policy.predict(obs, deterministic=self.deterministic)
-        lr = float(self.actions.to_lr(action, np.array([self.current_lr]), np.array([self.lr_range]))[0])
+        base = float(self.base_lrs[0])
+        progress = self.observer.epoch / self.epochs  # of the epoch about to be trained
+        lr = float(self.actions.to_lr(action, np.array([self.current_lr]), np.array([self.lr_range]), np.array([base]), progress)[0])
         self.current_lr = lr
         self.lrs.append(lr)
-        base = float(self.base_lrs[0])
         for g, (group, group_base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
             group["lr"] = lr if g == 0 or base <= 0 else lr * float(group_base) / base
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -297,8 +307,9 @@ def load_scheduler(
 
     Args:
         optimizer: The optimizer to control.
-        run_dir_or_policy_file: A run folder written by ``agents.train``, a checkpoint folder,
-            the ``policy.json`` in one, or an already loaded policy.
+        run_dir_or_policy_file: ``"default"`` (the policy shipped with lrenv), a run folder
+            written by ``agents.train``, a checkpoint folder, the ``policy.json`` in one, or an
+            already loaded policy.
         trust: Also read an SB3 ``model.zip``, whose pickles run code when loaded: only for
             files you made yourself.
         **kwargs: Keyword arguments of :class:`PolicyScheduler` (``epochs``, ``lr_range``,

@@ -53,12 +53,12 @@ def test_return_telescopes_to_log_loss_ratio(tiny_task):
     assert total > 0
 
 
-def test_truncates_at_budget_and_refuses_steps_after(tiny_task):
+def test_terminates_at_budget_and_refuses_steps_after(tiny_task):
     env = LREnv(tiny_task, device="cpu", task_config={"epochs": 2})
     env.reset(seed=0)
     assert env.step(np.zeros(1, np.float32))[2:4] == (False, False)
     _, _, terminated, truncated, info = env.step(np.zeros(1, np.float32))
-    assert (terminated, truncated, info["epoch"]) == (False, True, 2)
+    assert (terminated, truncated, info["epoch"]) == (True, False, 2)  # the budget is part of the MDP: nothing to bootstrap
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(1, np.float32))
 
@@ -139,9 +139,9 @@ def test_bad_arguments_name_what_is_allowed(tiny_task):
         gym.make(lrenv.ENV_ID, task=tiny_task, bogus=1)
     with pytest.raises(ValueError, match="choose one of log_progress, final_loss, time_to_target"):
         LREnv(tiny_task, reward="accuracy")
-    with pytest.raises(ValueError, match="choose one of absolute, relative"):
+    with pytest.raises(ValueError, match="choose one of absolute, relative, multiplier"):
         LREnv(tiny_task, action_mode="cyclic")
-    with pytest.raises(ValueError, match="choose one of standard, minimal"):
+    with pytest.raises(ValueError, match="choose one of standard, relative, minimal"):
         LREnv(tiny_task, features="all")
     with pytest.raises(TypeError, match="allowed: epochs, batch_size"):
         LREnv(tiny_task, task_config={"epoch": 3})

@@ -38,7 +38,7 @@ from hypothesis.extra import numpy as hnp
 
 import lrenv
 from lrenv import BatchedVecEnv, EnvConfig, LREnv, PolicyScheduler, TaskConfig
-from lrenv.env.actions import ACTION_MODES
+from lrenv.env.actions import ACTION_MODES, BASE_SHAPES
 from lrenv.env.features import FEATURE_SETS
 from lrenv.env.rewards import REWARD_FUNCTIONS
 from lrenv.task import OPTIMIZERS
@@ -579,6 +579,8 @@ ENV_VALUES = {
     "features": st.one_of(st.sampled_from(list(FEATURE_SETS)), ANYTHING, st.just(["standard"])),
     "action_mode": st.one_of(st.sampled_from(ACTION_MODES), ANYTHING),
     "relative_factor": st.one_of(st.floats(0, 10), ANYTHING),
+    "base_shape": st.one_of(st.sampled_from(list(BASE_SHAPES)), ANYTHING),
+    "base_lr_spread": st.one_of(st.floats(0, 20), ANYTHING),
     "reward": st.one_of(st.sampled_from(list(REWARD_FUNCTIONS)), ANYTHING),
     "divergence_penalty": st.one_of(st.floats(-1, 10), ANYTHING),
     "target_loss": st.one_of(st.none(), st.floats(-1, 5), ANYTHING),
@@ -603,6 +605,8 @@ def env_setting_errors(name: str, v: object) -> frozenset[type]:
         "features": lambda: isinstance(v, str) and v in FEATURE_SETS,
         "action_mode": lambda: isinstance(v, str) and v in ACTION_MODES,
         "relative_factor": lambda: is_real(v) and 1 < number(v) < math.inf,
+        "base_shape": lambda: isinstance(v, str) and v in BASE_SHAPES,
+        "base_lr_spread": lambda: is_real(v) and 1 <= number(v) < math.inf,
         "reward": lambda: isinstance(v, str) and v in REWARD_FUNCTIONS,
         "divergence_penalty": lambda: is_real(v) and 0 < number(v) < math.inf,
         "target_loss": lambda: v is None or (is_real(v) and math.isfinite(number(v))),

@@ -184,7 +184,8 @@ class Engine:
             raise ValueError(f"learning rates must be finite and >= 0, got {lrs}")
         perms = torch.stack([torch.randperm(len(self.train), generator=self._order(k), device=self.device) for k in range(self.n_runs)])
         batch_losses = torch.empty(self.n_runs, self.batches_per_epoch, device=self.device, dtype=self.dtype)
-        self.trainer.train_epoch(lrs, perms, self.train, batch_losses)
+        with torch.enable_grad():  # callers may step an env under no_grad (SB3's ARS evaluates candidates so)
+            self.trainer.train_epoch(lrs, perms, self.train, batch_losses)
         runs = range(self.n_runs)
         _, valid_table = self.trainer.evaluate(self.valid, runs)
         # mean and spread of the batch losses travel in the same host read as validation

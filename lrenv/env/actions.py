@@ -2,7 +2,15 @@
 
 ``"absolute"`` maps the action log-uniformly onto the task's LR range:
 ``lr = low * (high / low) ** ((a + 1) / 2)``. ``"relative"`` multiplies the current LR by a
-factor in ``[1/f, f]``: ``lr = clip(lr_prev * f ** a, low, high)``.
+factor in ``[1/f, f]``: ``lr = clip(lr_prev * f ** a, low, high)``. ``"multiplier"`` scales
+the episode's base LR (the LR it started from: the task's ``default_lr`` in the env, the
+optimizer's LR in a scheduler), shaped by ``base_shape`` over the budget, by a factor in
+``[1/f, f]``: ``lr = clip(base * shape(i / T) * f ** a, max(low, base / f), min(high, base * f))``
+with ``shape`` 1 (``"constant"``) or ``(1 + cos(pi i / T)) / 2`` (``"cosine"``), i the epoch
+about to be trained and T the budget. Multiplier mode takes the LR's *scale* from the user and
+only its *shape* from the policy: the same observations give LRs proportional to the base LR.
+With a cosine base shape the policy's action 0 is cosine decay from the base LR, and what it
+learns is the correction to that.
 
 Input rules (:func:`check_actions`): an action is a real number — a float or integer numpy
 array, a Python int or float, or a tensor — one per run, of shape ``(N,)`` or ``(N, 1)``
@@ -21,7 +29,12 @@ import torch
 
 from lrenv.task import is_real, to_float
 
-ACTION_MODES = ("absolute", "relative")
+ACTION_MODES = ("absolute", "relative", "multiplier")
+#: Shapes of the base LR over the budget that multiplier actions scale: progress i/T -> factor.
+BASE_SHAPES = {
+    "constant": lambda p: np.ones_like(p),
+    "cosine": lambda p: 0.5 * (1.0 + np.cos(np.pi * np.clip(p, 0.0, 1.0))),
+}
 _REAL_KINDS = "fiu"  # numpy dtype kinds of float, signed and unsigned integer arrays
 
 
@@ -70,21 +83,39 @@ class ActionMapping:
     """Maps actions of N runs to learning rates.
 
     Args:
-        mode: ``"absolute"`` or ``"relative"``.
-        relative_factor: f of relative mode, > 1.
+        mode: ``"absolute"``, ``"relative"`` or ``"multiplier"``.
+        relative_factor: f of relative and multiplier modes, > 1.
+        base_shape: ``"constant"`` or ``"cosine"``: the base LR's shape in multiplier mode.
     """
 
-    def __init__(self, mode: str = "absolute", relative_factor: float = 2.0) -> None:
+    def __init__(self, mode: str = "absolute", relative_factor: float = 2.0, base_shape: str = "constant") -> None:
         if not (isinstance(mode, str) and mode in ACTION_MODES):
             raise ValueError(f"unknown action mode {mode!r}; choose one of {', '.join(ACTION_MODES)}")
         if not (is_real(relative_factor) and 1 < to_float(relative_factor) < np.inf):
             raise ValueError(f"relative_factor must be a finite number > 1, got {relative_factor!r}")
+        if not (isinstance(base_shape, str) and base_shape in BASE_SHAPES):
+            raise ValueError(f"unknown base_shape {base_shape!r}; choose one of {', '.join(BASE_SHAPES)}")
         self.mode = mode
         self.relative_factor = float(relative_factor)
+        self.base_shape = base_shape
         self.space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
 
-    def to_lr(self, action: np.ndarray, current_lr: np.ndarray, lr_range: np.ndarray) -> np.ndarray:
-        """Learning rates for actions ``(N, 1)`` (or ``(N,)``; ``()`` for one run), current LRs ``(N,)``, ranges ``(N, 2)``.
+    def to_lr(
+        self,
+        action: np.ndarray,
+        current_lr: np.ndarray,
+        lr_range: np.ndarray,
+        base_lr: np.ndarray | None = None,
+        progress: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Learning rates for actions ``(N, 1)`` (or ``(N,)``; ``()`` for one run).
+
+        Args:
+            action: The actions.
+            current_lr: LRs of the epoch just trained, ``(N,)`` (relative mode multiplies them).
+            lr_range: ``(N, 2)`` low and high LR the result is clipped to.
+            base_lr: The episodes' base LRs, ``(N,)``; multiplier mode needs them.
+            progress: i / T of the epoch about to be trained, ``(N,)``; multiplier mode needs it.
 
         Raises TypeError/ValueError for actions that break the rules of :func:`check_actions`.
         """
@@ -92,14 +123,35 @@ class ActionMapping:
         low, high = np.asarray(lr_range, dtype=np.float64).T
         if self.mode == "absolute":
             return low * (high / low) ** ((a + 1.0) / 2.0)
-        return np.clip(np.asarray(current_lr, dtype=np.float64) * self.relative_factor**a, low, high)
+        if self.mode == "relative":
+            return np.clip(np.asarray(current_lr, dtype=np.float64) * self.relative_factor**a, low, high)
+        base, shaped = self._shaped_base(base_lr, progress)
+        f = self.relative_factor
+        return np.clip(shaped * f**a, np.maximum(low, base / f), np.minimum(high, base * f))
 
-    def to_action(self, lr: np.ndarray, current_lr: np.ndarray, lr_range: np.ndarray) -> np.ndarray:
+    def to_action(
+        self,
+        lr: np.ndarray,
+        current_lr: np.ndarray,
+        lr_range: np.ndarray,
+        base_lr: np.ndarray | None = None,
+        progress: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The action that asks for ``lr`` (inverse of :meth:`to_lr`, clipped to [-1, 1]); ``(N, 1)``."""
         lr = np.asarray(lr, dtype=np.float64).reshape(-1)
         low, high = np.asarray(lr_range, dtype=np.float64).T
         if self.mode == "absolute":
             a = 2.0 * np.log(lr / low) / np.log(high / low) - 1.0
-        else:
+        elif self.mode == "relative":
             a = np.log(lr / np.asarray(current_lr, dtype=np.float64)) / np.log(self.relative_factor)
+        else:
+            with np.errstate(divide="ignore"):
+                a = np.log(lr / self._shaped_base(base_lr, progress)[1]) / np.log(self.relative_factor)
         return np.clip(a, -1.0, 1.0).astype(np.float32).reshape(-1, 1)
+
+    def _shaped_base(self, base_lr: np.ndarray | None, progress: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(base, base * shape(progress))`` of multiplier mode."""
+        if base_lr is None or progress is None:
+            raise ValueError("multiplier action mode needs the episodes' base LRs (base_lr) and progress i/T (progress)")
+        base = np.asarray(base_lr, dtype=np.float64)
+        return base, base * BASE_SHAPES[self.base_shape](np.asarray(progress, dtype=np.float64))

@@ -32,8 +32,14 @@ class EnvConfig:
 
     Attributes:
         features: ``"standard"`` or ``"minimal"`` (:mod:`lrenv.env.features`).
-        action_mode: ``"absolute"`` or ``"relative"`` (:mod:`lrenv.env.actions`).
-        relative_factor: f of relative mode, > 1.
+        action_mode: ``"absolute"``, ``"relative"`` or ``"multiplier"`` (:mod:`lrenv.env.actions`).
+        relative_factor: f of relative and multiplier modes, > 1.
+        base_shape: ``"constant"`` or ``"cosine"``: the base LR's shape over the budget that
+            multiplier actions scale (:mod:`lrenv.env.actions`).
+        base_lr_spread: s >= 1. Each episode starts from (and, in multiplier mode, scales)
+            the base LR ``default_lr * s ** u``, u uniform in [-1, 1] and drawn from the run
+            seed: training on mis-set base LRs, up to s times off either way. 1: the task's
+            ``default_lr`` (evaluation always uses 1).
         reward: ``"log_progress"``, ``"final_loss"`` or ``"time_to_target"``.
         divergence_penalty: Return of a diverged episode is ``-divergence_penalty``; > 0.
         target_loss: Target validation loss of ``"time_to_target"`` (``None``: each task's).
@@ -51,6 +57,8 @@ class EnvConfig:
     features: str = "standard"
     action_mode: str = "absolute"
     relative_factor: float = 2.0
+    base_shape: str = "constant"
+    base_lr_spread: float = 1.0
     reward: str = "log_progress"
     divergence_penalty: float = 2.0
     target_loss: float | None = None
@@ -61,8 +69,11 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.features, str) and self.features in FEATURE_SETS):
             raise ValueError(f"unknown feature set {self.features!r}; choose one of {', '.join(FEATURE_SETS)}")
-        ActionMapping(self.action_mode, self.relative_factor)  # checks both
+        ActionMapping(self.action_mode, self.relative_factor, self.base_shape)  # checks all three
         object.__setattr__(self, "relative_factor", float(self.relative_factor))
+        if not (is_real(self.base_lr_spread) and 1 <= to_float(self.base_lr_spread) < math.inf):
+            raise ValueError(f"base_lr_spread must be a finite number >= 1, got {self.base_lr_spread!r}")
+        object.__setattr__(self, "base_lr_spread", float(self.base_lr_spread))
         get_reward(self.reward)
         if not (is_real(self.divergence_penalty) and 0 < to_float(self.divergence_penalty) < math.inf):
             raise ValueError(f"divergence_penalty must be a finite number > 0, got {self.divergence_penalty!r}")
@@ -143,7 +154,7 @@ class EnvConfig:
         return DTYPES[self.dtype]
 
     def action_mapping(self) -> ActionMapping:
-        return ActionMapping(self.action_mode, self.relative_factor)
+        return ActionMapping(self.action_mode, self.relative_factor, self.base_shape)
 
     @property
     def task_overrides(self) -> dict[str, Any]:

@@ -51,10 +51,12 @@ class LREnv(gym.Env):
     See :mod:`lrenv.env.rewards`, including the divergence penalty.
 
     ## Episode end
-    ``terminated``: the run diverged (a loss is non-finite or exceeds ``divergence_factor``
-    times its initial value; return exactly ``-divergence_penalty`` for the loss rewards), or
-    the target was reached under ``"time_to_target"``. ``truncated``: the epoch budget T of
-    the task is used up. Observations stay finite in every case.
+    ``terminated``: the epoch budget T of the task is used up, the run diverged (a loss is
+    non-finite or exceeds ``divergence_factor`` times its initial value; return exactly
+    ``-divergence_penalty`` for the loss rewards), or the target was reached under
+    ``"time_to_target"``. The budget is part of the problem (progress i/T is observed), so its
+    end is a termination, never a ``truncated`` time limit: there is no value after it to
+    bootstrap. ``truncated`` stays ``False``. Observations stay finite in every case.
 
     ## Starting state
     ``reset(seed=...)`` draws the task (when several are given) and a run seed from the env's

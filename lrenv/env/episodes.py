@@ -43,6 +43,8 @@ class EpisodeBatch:
         self.lr_range = np.tile(np.array(cfg.lr_range, dtype=np.float64), (n, 1))
         self.epoch = np.zeros(n, dtype=np.int64)
         self.lr = np.full(n, cfg.default_lr, dtype=np.float64)
+        self.base_lr = self.lr.copy()
+        self.base_lr_spread = config.base_lr_spread
         self.first_valid = np.full(n, np.nan)
         self.valid = np.full(n, np.nan)
         self.returns = np.zeros(n)
@@ -55,7 +57,8 @@ class EpisodeBatch:
         initial = self.engine.reset(list(seeds), runs=list(idx))
         self.run_seeds[idx] = seeds
         self.epoch[idx] = 0
-        self.lr[idx] = self.engine.task.config.default_lr
+        self.base_lr[idx] = [self.engine.task.config.default_lr * self._base_lr_factor(seed) for seed in seeds]
+        self.lr[idx] = self.base_lr[idx]
         self.first_valid[idx] = self.valid[idx] = initial.valid_loss
         self.returns[idx] = 0.0
         self.done[idx] = False
@@ -71,7 +74,7 @@ class EpisodeBatch:
             raise RuntimeError(
                 f"runs {np.flatnonzero(self.done).tolist()} have finished their episodes: reset them before stepping"
             )
-        lr = self.actions.to_lr(actions, self.lr, self.lr_range)
+        lr = self.actions.to_lr(actions, self.lr, self.lr_range, self.base_lr, self.epoch / self.epochs)
         stats = self.engine.run_epoch(lr)
         self.epoch += 1
         self.lr = lr
@@ -91,10 +94,20 @@ class EpisodeBatch:
         obs = self.observer.update(stats, lr)
         self.valid = np.array(stats.valid_loss, dtype=np.float64)
         self.returns = self.returns + reward
-        terminated = stats.diverged | reached
-        truncated = ~terminated & (self.epoch >= self.epochs)
-        self.done = terminated | truncated
+        # the budget ends the MDP: progress i/T is observed, so the state at T is terminal, and
+        # an agent that bootstrapped a value there (a time-limit truncation) would learn to
+        # prefer high final losses (SB3's PPO did: agents/PSI.md, "PPO's Digits collapse")
+        terminated = stats.diverged | reached | (self.epoch >= self.epochs)
+        truncated = np.zeros(self.n, dtype=bool)
+        self.done = terminated
         return obs, reward, terminated, truncated, self.infos(stats, np.arange(self.n))
+
+    def _base_lr_factor(self, seed: int) -> float:
+        """default_lr's factor for an episode: spread ** u, u ~ U(-1, 1) from the run seed (LREnv and BatchedVecEnv agree)."""
+        if self.base_lr_spread == 1.0:
+            return 1.0
+        u = np.random.default_rng([int(seed), 0x6C72]).uniform(-1.0, 1.0)
+        return float(self.base_lr_spread**u)
 
     def infos(self, stats: EpochStats, runs: np.ndarray) -> list[dict[str, Any]]:
         """Raw numbers of each run (``stats`` rows are in the order of ``runs``)."""

@@ -21,6 +21,19 @@ index  name                    meaning                                          
 7      ``generalisation_gap``  log(valid loss / train loss)                      [-20, 20]
 =====  ======================  ================================================  ===========
 
+``"relative"`` — ``"standard"`` with the LR read against the episode's base LR instead of
+the task's range, so nothing in the observation depends on the task's LR scale (what a
+policy that serves any optimizer and base LR needs; use it with ``action_mode="multiplier"``):
+
+=====  ======================  ================================================  ===========
+index  name                    meaning                                           bounds
+=====  ======================  ================================================  ===========
+1      ``lr_ratio``            log(LR / base LR), the base being the LR at       [-10, 10]
+                               epoch 0
+=====  ======================  ================================================  ===========
+
+Indices 0 and 2–7 are those of ``"standard"``.
+
 ``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
 
 =====  ==============  ==========================================  =========
@@ -55,11 +68,22 @@ class Feature:
 
 _LOSS_RATIO = 20.0
 _CHANGE = 5.0
+_LR_RATIO = 10.0
 
 FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
     "standard": (
         Feature("progress", 0.0, 1.0),
         Feature("log_lr", -1.0, 1.0),
+        Feature("train_loss", -_LOSS_RATIO, _LOSS_RATIO),
+        Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
+        Feature("train_loss_change", -_CHANGE, _CHANGE),
+        Feature("valid_loss_change", -_CHANGE, _CHANGE),
+        Feature("train_loss_spread", 0.0, 5.0),
+        Feature("generalisation_gap", -_LOSS_RATIO, _LOSS_RATIO),
+    ),
+    "relative": (
+        Feature("progress", 0.0, 1.0),
+        Feature("lr_ratio", -_LR_RATIO, _LR_RATIO),
         Feature("train_loss", -_LOSS_RATIO, _LOSS_RATIO),
         Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
         Feature("train_loss_change", -_CHANGE, _CHANGE),
@@ -103,6 +127,7 @@ class Observer:
         self.epoch = np.zeros(n, dtype=np.int64)
         self.epochs = np.ones(n, dtype=np.int64)
         self.lr = nan.copy()
+        self.base_lr = nan.copy()
         self.log_lr_range = np.stack([nan, nan], 1)
         self.first_train, self.first_valid = nan.copy(), nan.copy()
         self.train, self.valid = nan.copy(), nan.copy()
@@ -120,7 +145,7 @@ class Observer:
         Args:
             runs: Which of the N runs start; the other arrays are in this order.
             initial: Epoch-0 stats of those runs.
-            lr: Their starting learning rates.
+            lr: Their starting learning rates (the base of ``lr_ratio``).
             epochs: Their epoch budgets T.
             lr_range: ``(len(runs), 2)`` low and high LR of their tasks.
 
@@ -131,6 +156,7 @@ class Observer:
         self.epoch[idx] = 0
         self.epochs[idx] = epochs
         self.lr[idx] = lr
+        self.base_lr[idx] = lr
         self.log_lr_range[idx] = np.log(np.asarray(lr_range, dtype=np.float64))
         self.first_train[idx] = self.train[idx] = initial.train_loss
         self.first_valid[idx] = self.valid[idx] = initial.valid_loss
@@ -153,6 +179,7 @@ class Observer:
         values = {
             "progress": self.epoch[idx] / self.epochs[idx],
             "log_lr": self._scaled_log_lr(idx),
+            "lr_ratio": np.log(self.lr[idx] / self.base_lr[idx]),
             "train_loss": _log(train) - _log(self.first_train[idx]),
             "valid_loss": _log(valid) - _log(self.first_valid[idx]),
             "train_loss_change": train_change,
@@ -160,7 +187,8 @@ class Observer:
             "train_loss_spread": spread,
             "generalisation_gap": _log(valid) - _log(train),
         }
-        obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
         # a diverged run's inf/nan must still give a valid observation: clamp to the bounds
         obs = np.nan_to_num(obs, nan=0.0, posinf=np.inf, neginf=-np.inf)
         return np.clip(obs, self.low, self.high).astype(np.float32)

@@ -6,8 +6,8 @@ it), so N runs cost far less than N separate envs. Observations, rewards, ``info
 episode ends are those of N separate :class:`~lrenv.env.LREnv` (same code): with the same
 seeds and actions, env k gives the numbers ``LREnv`` k gives. Finished runs restart at once,
 alone, as SB3 expects: the step's observation is the new episode's first one, the last one
-is in ``info["terminal_observation"]``, and ``info["TimeLimit.truncated"]`` tells a budget
-end from divergence.
+is in ``info["terminal_observation"]``, and ``info["TimeLimit.truncated"]`` is always false
+(the budget's end is a termination, see :class:`~lrenv.env.LREnv`).
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def run_job(job: Job, on_epochs: Callable[[int], None] | None = None) -> list[Ep
     ]
     alive = np.ones(n, dtype=bool)
     starts = np.ones(n, dtype=bool)
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         actions = np.full((n, 1), -1.0)  # finished (diverged) slots idle at the bottom of the range
         for key, (policy, _) in groups.items():
             idx = index[key]
@@ -189,14 +189,15 @@ def run_job(job: Job, on_epochs: Callable[[int], None] | None = None) -> list[Ep
             rec["valid"].append(info["valid_loss"])
             rec["train"].append(info["train_loss"])
             rec["acc"].extend(_acc(info))
-        ended = alive & terminated
-        if ended.any():  # a diverged run: record it, restart its slot as an idle dummy
+        ended = alive & terminated  # the budget, a divergence, or a reached target
+        if ended.any():
             for k in np.flatnonzero(ended):
-                records[k]["diverged"] = True
+                records[k]["diverged"] = bool(infos[k]["diverged"])
             alive &= ~ended
-            dummies = np.flatnonzero(ended)
-            new_obs, _ = episodes.start(dummies, [run_seeds[k] for k in dummies])
-            obs[dummies] = new_obs
+            if epoch < config.epochs - 1:  # ended early: the slot idles as a dummy until the population ends
+                dummies = np.flatnonzero(ended)
+                new_obs, _ = episodes.start(dummies, [run_seeds[k] for k in dummies])
+                obs[dummies] = new_obs
         if on_epochs is not None:
             on_epochs(n)
     if engine.test is not None:
