@@ -56,7 +56,8 @@ class EpisodeRecorder(BaseCallback):
                 "run_seed": info["run_seed"],
                 "return": float(info["episode"]["r"]) if "episode" in info else None,
                 "epochs": info["epoch"],
-                **episode_summary(info, self._curves[k]),
+                # ARS resets between candidates: an unfinished episode's epochs are left at the front
+                **episode_summary(info, self._curves[k][-info["epoch"] :]),
             }
             self._curves[k] = []
             self._file.write(json.dumps(record) + "\n")
@@ -101,3 +102,83 @@ class CheckpointEvery(BaseCallback):
                 self.tracker.log({"checkpoint/timesteps": self.num_timesteps}, self.num_timesteps)
                 self.tracker.commit()  # what a resume from this checkpoint will not train again
         return True
+
+
+def validation_returns(model: Any, venv: Any, seed: int) -> np.ndarray:
+    """Return of one deterministic episode per env of ``venv``, started from seeds ``seed + k``."""
+    venv.seed(seed)
+    obs = venv.reset()
+    returns = np.zeros(venv.num_envs)
+    finished = np.zeros(venv.num_envs, dtype=bool)
+    while not finished.all():
+        actions, _ = model.predict(obs, deterministic=True)
+        obs, rewards, dones, _ = venv.step(actions)
+        returns[~finished] += rewards[~finished]
+        finished |= dones
+    return returns
+
+
+class KeepBest(BaseCallback):
+    """Every ``freq`` timesteps, scores the policy on fixed validation episodes and keeps the best (SB3's ``EvalCallback`` pattern).
+
+    The validation episodes are the same at every evaluation (seeds ``seed + k``) and far from
+    the training and final-evaluation seeds, so scores are comparable over the run. The best
+    policy goes to ``best/`` (:meth:`lrenv.run_dir.RunDir.save_best`); every score is appended
+    to ``validation.jsonl``.
+
+    Args:
+        run: The run folder.
+        venv: The validation VecEnv (one episode per env), built like the training one.
+        labels: One label per env of ``venv`` (e.g. its task variant), for per-label means.
+        freq: Timesteps between evaluations.
+        seed: Seed of the validation episodes.
+        tracker: A :class:`lrenv.tracking.Tracker`, or ``None``.
+    """
+
+    def __init__(self, run: RunDir, venv: Any, labels: list[str], freq: int, seed: int, tracker: Any = None) -> None:
+        super().__init__()
+        self.run, self.venv, self.labels, self.freq, self.seed, self.tracker = run, venv, labels, freq, seed, tracker
+        self.best = -np.inf
+        self._last = -np.inf
+
+    def _on_training_start(self) -> None:
+        best = self.run.best_folder / "best.json"
+        if best.is_file():  # a resumed run keeps the best it had
+            self.best = float(json.loads(best.read_text())["mean_return"])
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last >= self.freq:
+            self._last = self.num_timesteps
+            self.evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps > self._last:
+            self.evaluate()
+
+    def evaluate(self) -> None:
+        self._sync_normalization()
+        returns = validation_returns(self.model, self.venv, self.seed)
+        by_label: dict[str, list[float]] = {}
+        for label, value in zip(self.labels, returns):
+            by_label.setdefault(label, []).append(float(value))
+        record = {
+            "timesteps": self.num_timesteps,
+            "mean_return": float(returns.mean()),
+            "returns": {label: float(np.mean(v)) for label, v in by_label.items()},
+        }
+        self.run.append_validation(record)
+        if record["mean_return"] > self.best:
+            self.best = record["mean_return"]
+            self.run.save_best(self.model, self.training_env, record)
+        if self.tracker is not None:
+            self.tracker.log({"validation/mean_return": record["mean_return"], "validation/best": self.best}, self.num_timesteps)
+
+    def _sync_normalization(self) -> None:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        train = self.training_env
+        while train is not None and not isinstance(train, VecNormalize):
+            train = getattr(train, "venv", None)
+        if train is not None and isinstance(self.venv, VecNormalize):
+            self.venv.obs_rms = train.obs_rms.copy()

@@ -29,9 +29,27 @@ from lrenv.policy import algorithm_class
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: Keys of a config file (see agents/configs/ppo.yaml).
-CONFIG_KEYS = ("algo", "timesteps", "n_envs", "vec_env", "normalize_obs", "clip_obs", "checkpoint_freq", "eval_episodes", "env", "policy", "hyperparams")
+CONFIG_KEYS = (
+    "algo",
+    "timesteps",
+    "n_envs",
+    "vec_env",
+    "normalize_obs",
+    "clip_obs",
+    "checkpoint_freq",
+    "eval_episodes",
+    "eval_freq",
+    "populations",
+    "paired_seeds",
+    "ray_actors",
+    "env",
+    "policy",
+    "hyperparams",
+)
+#: Keys of one entry of ``populations`` (one batched population of a task variant).
+POPULATION_KEYS = ("task", "n_envs", "task_config")
 #: Config keys that a named command-line option (``--timesteps``, ...) overrides.
-OPTION_KEYS = ("timesteps", "n_envs", "checkpoint_freq", "eval_episodes")
+OPTION_KEYS = ("timesteps", "n_envs", "checkpoint_freq", "eval_episodes", "ray_actors")
 VEC_ENVS = ("auto", "batched", "dummy")
 #: Algorithm arguments the script sets itself.
 RESERVED_HYPERPARAMS = ("self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model", "kwargs")
@@ -90,10 +108,21 @@ def resolve_config(
     config.setdefault("vec_env", "auto")
     config.setdefault("normalize_obs", True)
     config.setdefault("clip_obs", 10.0)
+    config.setdefault("eval_freq", 0)
+    config.setdefault("populations", None)
+    config.setdefault("paired_seeds", False)
+    config.setdefault("ray_actors", 0)
     validate_config(config)
     env = env_config(config)
     config["env"] = env.to_dict()  # every setting, defaults included: the run folder says exactly what it trained with
-    task_objs = [lrenv.make_task(name, **env.task_overrides) for name in tasks]  # unknown names list the registered ones
+    if config["populations"]:
+        # the populations are the training distribution: they name the tasks and the number of envs
+        config["populations"] = [resolve_population(entry, env, i) for i, entry in enumerate(config["populations"])]
+        config["n_envs"] = sum(p["n_envs"] for p in config["populations"])
+        tasks = list(dict.fromkeys(p["task"] for p in config["populations"]))
+        task_objs = [lrenv.make_task(name, **next(p["task_config"] for p in config["populations"] if p["task"] == name)) for name in tasks]
+    else:
+        task_objs = [lrenv.make_task(name, **env.task_overrides) for name in tasks]  # unknown names list the registered ones
     config["tasks"] = [t.name for t in task_objs]
     config["task_configs"] = {t.name: dataclasses.asdict(t.config) for t in task_objs}
     config["seed"] = seed
@@ -101,6 +130,32 @@ def resolve_config(
     config["name"] = f"{algo}-{'+'.join(config['tasks'])}-s{seed}"
     config["versions"] = versions()
     return config
+
+
+def resolve_population(entry: Any, env: EnvConfig, index: int) -> dict[str, Any]:
+    """One entry of ``populations``, checked, with the env's task overrides merged into its own.
+
+    Raises:
+        ValueError: Not a mapping of :data:`POPULATION_KEYS`, an unknown task or an invalid value.
+    """
+    where = f"populations[{index}]"
+    if not isinstance(entry, Mapping) or "task" not in entry:
+        raise ValueError(f"{where} must be a mapping with a task and optionally n_envs and task_config, got {entry!r}")
+    unknown = sorted(set(entry) - set(POPULATION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(POPULATION_KEYS)}")
+    n_envs = entry.get("n_envs", 1)
+    if not isinstance(n_envs, int) or isinstance(n_envs, bool) or n_envs < 1:
+        raise ValueError(f"{where}: n_envs must be a positive integer, got {n_envs!r}")
+    own = entry.get("task_config") or {}
+    if not isinstance(own, Mapping):
+        raise ValueError(f"{where}: task_config must be a mapping of TaskConfig fields, got {own!r}")
+    overrides = {**env.task_overrides, **own}
+    try:
+        task = lrenv.make_task(entry["task"], **overrides)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc.args[0] if exc.args else exc}") from exc
+    return {"task": task.name, "n_envs": n_envs, "task_config": EnvConfig(task_config=overrides or None).task_overrides}
 
 
 def env_config(config: Mapping[str, Any], source: str = "the env section of the config") -> EnvConfig:
@@ -156,7 +211,16 @@ def set_key(config: dict[str, Any], assignment: str) -> None:
 
 
 def allowed_hyperparams(algo_cls: type) -> list[str]:
-    return [p for p in inspect.signature(algo_cls.__init__).parameters if p not in RESERVED_HYPERPARAMS]
+    """The algorithm's keyword arguments; a subclass that forwards ``**kwargs`` adds its parent's."""
+    names: list[str] = []
+    for cls in algo_cls.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        params = inspect.signature(cls.__init__).parameters
+        names += [p for p, v in params.items() if p not in RESERVED_HYPERPARAMS and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD) and p not in names]
+        if not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+            break
+    return names
 
 
 def validate_config(config: dict[str, Any]) -> None:
@@ -174,8 +238,13 @@ def validate_config(config: dict[str, Any]) -> None:
     for key in ("timesteps", "n_envs", "checkpoint_freq"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config.get(key)!r}")
-    if not isinstance(config.get("eval_episodes"), int) or config["eval_episodes"] < 0:
-        raise ValueError(f"eval_episodes must be an integer >= 0, got {config.get('eval_episodes')!r}")
+    for key in ("eval_episodes", "eval_freq", "ray_actors"):
+        if not isinstance(config.get(key), int) or isinstance(config[key], bool) or config[key] < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {config.get(key)!r}")
+    if not isinstance(config.get("paired_seeds"), bool):
+        raise ValueError(f"paired_seeds must be true or false, got {config.get('paired_seeds')!r}")
+    if config.get("populations") is not None and not (isinstance(config["populations"], list) and config["populations"]):
+        raise ValueError(f"populations must be null or a non-empty list of {{task, n_envs, task_config}}, got {config['populations']!r}")
 
 
 def versions() -> dict[str, str]:

@@ -41,12 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger
+from stable_baselines3.common.vec_env import unwrap_vec_wrapper
 
 from lrenv.agents.args import dataclass_parser
-from lrenv.agents.callbacks import CheckpointEvery, EpisodeRecorder
+from lrenv.agents.callbacks import CheckpointEvery, EpisodeRecorder, KeepBest
 from lrenv.agents.config import OPTION_KEYS, build_hyperparams, env_config, resolve_config
-from lrenv.agents.vec_env import make_vec_env
+from lrenv.agents.vec_env import make_validation_env, make_vec_env
 from lrenv.env.config import EnvConfig
+from lrenv.env.mixture import NewDrawEachRollout, PairedSeeds
 from lrenv.evaluation.protocol import Job, PolicyRef, Slot
 from lrenv.evaluation.runner import Episode, run_job
 from lrenv.policy import ALGORITHMS, LoadedPolicy, algorithm_class, load_policy
@@ -54,6 +56,8 @@ from lrenv.run_dir import PolicyFileError, RunDir
 
 #: Evaluation env seeds: fixed and far from training's, so every run is compared on the same episodes.
 EVAL_SEED = 1_000_000
+#: Validation env seeds (KeepBest): fixed for the whole run, apart from training's and evaluation's.
+VALIDATION_SEED = 2_000_000
 
 
 @dataclass
@@ -70,6 +74,8 @@ class Args:
     runs_dir: str = field(default="runs", metadata={"metavar": "DIR", "help": "parent folder of the run folders"})
     resume: str | None = field(default=None, metadata={"metavar": "RUN_DIR", "help": "continue the run in this folder from its last checkpoint"})
     checkpoint_freq: int | None = field(default=None, metadata={"help": "timesteps between checkpoints; default: the config's"})
+    ray_actors: int | None = field(default=None, metadata={"help": "shard the envs over this many Ray actors (0: this process); default: the config's"})
+    address: str | None = field(default=None, metadata={"help": "Ray cluster of --ray-actors (default: $RAY_ADDRESS, else a local one)"})
     eval_episodes: int | None = field(default=None, metadata={"help": "evaluation episodes per task at the end; default: the config's"})
     device: str = field(default="cpu", metadata={"help": "torch device of the agent's networks (the inner runs use env.device)"})
     progress_bar: bool = field(default=True, metadata={"help": "show SB3's progress bar"})
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     except (ValueError, TypeError, KeyError, ImportError) as exc:
         parser.error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
 
+    config["ray_address"] = args.address or os.environ.get("RAY_ADDRESS") or None  # where this session's cluster is
     if run is None:
         run = RunDir.create(args.runs_dir, config["tasks"], config["algo"], config["seed"])
         config["run_dir"] = str(run.path)
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"Dropped {dropped} log records of timesteps after {checkpoint.name}: they are trained again")
         print(f"Resuming from {checkpoint.name} ({model.num_timesteps} of {config['timesteps']} timesteps done)")
     model.set_logger(make_logger(run, args.verbose, tracker))
-    callbacks = [EpisodeRecorder(run.episodes_file, tracker), CheckpointEvery(run, config["checkpoint_freq"], tracker)]
+    callbacks = make_callbacks(config, run, venv, env, tracker)
 
     remaining = config["timesteps"] - model.num_timesteps
     start = time.perf_counter()
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> Path:
     run.save_final(model, venv)
     run.save_checkpoint(model, venv)
     print(f"Trained {model.num_timesteps} timesteps in {train_seconds:.0f} s")
+    keep_best(run, config)
 
     results: dict[str, Any] = {}
     if config["eval_episodes"] > 0:
@@ -174,6 +182,8 @@ def read_resume(args: Args) -> tuple[RunDir, dict[str, Any], Path]:
     config = run.read_config()
     if args.timesteps is not None:
         config["timesteps"] = args.timesteps
+    if args.ray_actors is not None:  # the cluster may differ from the one the run started on
+        config["ray_actors"] = args.ray_actors
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
         raise ValueError(f"--resume {run.path}: it has no checkpoint yet; start a new run instead")
@@ -201,6 +211,27 @@ def start_tracking(args: Args, config: dict[str, Any], run: RunDir) -> Any:
     return tracker
 
 
+def make_callbacks(config: dict[str, Any], run: RunDir, venv: Any, env: EnvConfig, tracker: Any) -> list[Any]:
+    """Episode log and checkpoints; new paired episodes per rollout; validation that keeps the best policy."""
+    callbacks = [EpisodeRecorder(run.episodes_file, tracker), CheckpointEvery(run, config["checkpoint_freq"], tracker)]
+    paired = unwrap_vec_wrapper(venv, PairedSeeds)
+    if paired is not None:
+        callbacks.append(NewDrawEachRollout(paired))
+    if config.get("eval_freq"):
+        validation_env, labels = make_validation_env(config, env)
+        callbacks.append(KeepBest(run, validation_env, labels, config["eval_freq"], VALIDATION_SEED, tracker))
+    return callbacks
+
+
+def keep_best(run: RunDir, config: dict[str, Any]) -> None:
+    """Make the best validated policy the run's policy (when validation ran), and plot learning."""
+    best = run.adopt_best()
+    if best is not None:
+        print(f"Kept the policy of timestep {best['timesteps']}, best on validation (mean return {best['mean_return']:.4f})")
+    if (run.path / RunDir.VALIDATION).is_file() or run.episodes_file.is_file():
+        run.write_figure(RunDir.LEARNING_PLOT, plot_learning(run, config["name"]))
+
+
 def make_logger(run: RunDir, verbose: int, tracker: Any) -> Logger:
     formats = [CSVOutputFormat(str(run.new_progress_csv()))]
     if verbose:
@@ -213,6 +244,7 @@ def make_logger(run: RunDir, verbose: int, tracker: Any) -> Logger:
 def evaluate(policy: LoadedPolicy, config: dict[str, Any], env: EnvConfig, episodes: int) -> dict[str, Any]:
     """The policy and the task's default constant LR on the same fresh seeds, per task (the harness's runner)."""
     seeds = [EVAL_SEED + i for i in range(episodes)]
+    env = env.replace(base_lr_spread=1.0)  # evaluated from each task's default_lr
     baseline_env = env.replace(action_mode="absolute")  # the baselines act in absolute mode
     learned = PolicyRef("object", name="policy", obj=policy)
     results: dict[str, Any] = {}
@@ -291,6 +323,38 @@ def plot_eval(results: dict[str, Any], title: str) -> Any:
     ax_valid.set(xlabel="epoch", title="validation loss (final mean in legend)")
     ax_train.set(xlabel="epoch", title="train loss")
     ax_valid.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning(run: RunDir, title: str) -> Any:
+    """Training return per task (episodes.jsonl, a running mean) and validation return per population (validation.jsonl) against timesteps."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    ax_train, ax_valid = fig.subplots(1, 2)
+    if run.episodes_file.is_file():
+        by_task: dict[str, list[tuple[int, float]]] = {}
+        for line in run.episodes_file.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("return") is not None:
+                by_task.setdefault(record["task"], []).append((record["timesteps"], record["return"]))
+        for task, points in by_task.items():
+            t, r = np.array(points).T
+            window = max(1, len(r) // 20)
+            ax_train.plot(t[window - 1 :], np.convolve(r, np.ones(window) / window, mode="valid"), label=task)
+        ax_train.legend(fontsize=7)
+    ax_train.set(xlabel="timesteps (inner epochs)", ylabel="episode return", title="training episodes (running mean)")
+    validation = run.path / RunDir.VALIDATION
+    records = [json.loads(line) for line in validation.read_text().splitlines()] if validation.is_file() else []
+    if records:
+        t = [r["timesteps"] for r in records]
+        for label in records[0]["returns"]:
+            ax_valid.plot(t, [r["returns"].get(label, np.nan) for r in records], marker=".", label=label)
+        ax_valid.plot(t, [r["mean_return"] for r in records], color="k", linewidth=2, label="mean")
+        ax_valid.legend(fontsize=6)
+    ax_valid.set(xlabel="timesteps (inner epochs)", ylabel="return", title="validation episodes (fixed seeds, deterministic)")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -35,6 +35,7 @@ from lrenv.run_dir import ObsNormalization, PolicyFileError, RunDir, atomic_path
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_POLICY",
     "POLICY_FORMAT",
     "LoadedPolicy",
     "ObsNormalization",
@@ -54,6 +55,7 @@ ALGORITHMS: dict[str, str] = {
     "td3": "stable_baselines3:TD3",
     "tqc": "sb3_contrib:TQC",
     "trpo": "sb3_contrib:TRPO",
+    "ars": "lrenv.agents.ars:ARS",  # sb3-contrib's ARS, counting timesteps as inner epochs
 }
 
 #: Version of the ``policy.json`` layout this lrenv writes; it reads this one only.
@@ -61,14 +63,17 @@ POLICY_FORMAT = 1
 
 # The allow-lists: the only classes a policy.json can name. Everything else in it is data.
 _ACTOR_CRITIC = "stable_baselines3.common.policies:ActorCriticPolicy"
-_POLICY_CLASSES = {
-    "ppo": _ACTOR_CRITIC,
-    "a2c": _ACTOR_CRITIC,
-    "trpo": _ACTOR_CRITIC,  # sb3-contrib's TRPO uses SB3's own ActorCriticPolicy
-    "sac": "stable_baselines3.sac.policies:SACPolicy",
-    "td3": "stable_baselines3.td3.policies:TD3Policy",
-    "tqc": "sb3_contrib.tqc.policies:TQCPolicy",
+_POLICY_CLASSES: dict[str, tuple[str, ...]] = {
+    "ppo": (_ACTOR_CRITIC,),
+    "a2c": (_ACTOR_CRITIC,),
+    "trpo": (_ACTOR_CRITIC,),  # sb3-contrib's TRPO uses SB3's own ActorCriticPolicy
+    "sac": ("stable_baselines3.sac.policies:SACPolicy",),
+    "td3": ("stable_baselines3.td3.policies:TD3Policy",),
+    "tqc": ("sb3_contrib.tqc.policies:TQCPolicy",),
+    "ars": ("sb3_contrib.ars.policies:ARSPolicy", "sb3_contrib.ars.policies:ARSLinearPolicy"),
 }
+#: Algorithms whose policies are built without a learning-rate schedule (they train no optimizer).
+_NO_LR_SCHEDULE = ("ars",)
 _CLASS_KWARGS: dict[str, dict[str, str]] = {
     "activation_fn": {name: f"torch.nn:{name}" for name in ("Tanh", "ReLU", "ELU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Softplus", "Mish")},
     "optimizer_class": {name: f"torch.optim:{name}" for name in ("Adam", "AdamW", "RMSprop", "SGD")},
@@ -133,8 +138,10 @@ class LoadedPolicy:
 
     @property
     def env_config(self) -> EnvConfig:
-        """The env settings the run trained with."""
-        return EnvConfig.from_dict(self.config.get("env"), source=f"the {RunDir.CONFIG} of {self.path}")
+        """The env settings the policy is used with: those the run trained with, starting from
+        each task's ``default_lr`` (``base_lr_spread`` 1; a mis-set base LR is a training device)."""
+        env = EnvConfig.from_dict(self.config.get("env"), source=f"the {RunDir.CONFIG} of {self.path}")
+        return env.replace(base_lr_spread=1.0)
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -180,15 +187,23 @@ class LoadedPolicy:
         return f"LoadedPolicy(name={self.name!r}, path='{self.path}')"
 
 
+#: The name of the policy shipped inside the package (``load_policy("default")``).
+DEFAULT_POLICY = "default"
+#: Where the shipped default policy's files live.
+DEFAULT_POLICY_DIR = Path(__file__).parent / "policies" / DEFAULT_POLICY
+
+
 def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -> LoadedPolicy:
-    """Load a trained policy from a run folder or a checkpoint folder.
+    """Load a trained policy from a run folder or a checkpoint folder, or the shipped default one.
 
     Reads ``policy.json``, ``policy.safetensors``, ``normalization.json`` and the run's
     ``config.json``: data only, no code runs.
 
     Args:
-        path: ``runs/<run>``, ``runs/<run>/checkpoints/step_<N>`` or the ``policy.json`` in
-            either; with ``trust=True`` also an SB3 ``model.zip`` (or a folder that has only that).
+        path: ``"default"`` for the policy shipped with lrenv (a folder of that name is
+            ``"./default"``); or ``runs/<run>``, ``runs/<run>/checkpoints/step_<N>`` or the
+            ``policy.json`` in either; with ``trust=True`` also an SB3 ``model.zip`` (or a
+            folder that has only that).
         device: Torch device of the policy network.
         trust: Allow reading an SB3 ``model.zip``. Its pickles run code when loaded: pass
             ``True`` only for files you made yourself.
@@ -203,6 +218,8 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
         PolicyFileError: A file is damaged, incomplete or of a format this lrenv cannot read;
             the message names it.
     """
+    if isinstance(path, str) and path == DEFAULT_POLICY:
+        path = DEFAULT_POLICY_DIR
     folder, zip_file = _locate(Path(path), trust)
     config_file = RunDir.find_config(folder)
     config = RunDir.read_config_file(config_file)
@@ -283,9 +300,9 @@ def save_policy_files(model: Any, folder: Path) -> None:
     if algo is None:
         raise PolicyFileError(f"cannot save a {type(model).__name__} in lrenv's policy format; it saves {', '.join(ALGORITHMS)}")
     policy = model.policy
-    if f"{type(policy).__module__}:{type(policy).__name__}" != _POLICY_CLASSES[algo]:
-        raise PolicyFileError(f"cannot save a {type(policy).__name__} in lrenv's policy format: {algo} saves {_POLICY_CLASSES[algo].split(':')[1]}")
-    params = policy._get_constructor_parameters()
+    if f"{type(policy).__module__}:{type(policy).__name__}" not in _POLICY_CLASSES[algo]:
+        raise PolicyFileError(f"cannot save a {type(policy).__name__} in lrenv's policy format: {algo} saves {_class_names(algo)}")
+    params = _constructor_parameters(policy)
     kwargs = {key: _kwarg_to_json(key, value) for key, value in params.items() if key not in _SPACE_ARGS}
     # clone: safetensors refuses tensors that share memory; cpu: the file is device-free
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in policy.state_dict().items()}
@@ -368,11 +385,11 @@ def _build_policy(spec: dict[str, Any], spec_file: Path, algo: str, weights_byte
     ``weights_bytes``, the size of the weights file, bounds the network it may build: a
     damaged or hostile ``policy.json`` cannot make it allocate more than its weights could fill.
     """
-    allowed = _POLICY_CLASSES.get(algo)
-    if allowed is None:
+    if algo not in _POLICY_CLASSES:
         raise PolicyFileError(f"{spec_file}: unknown algorithm {algo!r}; lrenv's policy files hold {', '.join(_POLICY_CLASSES)}")
-    if spec["policy_class"] != allowed.split(":")[1]:
-        raise PolicyFileError(f"{spec_file}: policy_class {spec['policy_class']!r} is not allowed for {algo}; it must be {allowed.split(':')[1]}")
+    allowed = next((target for target in _POLICY_CLASSES[algo] if target.split(":")[1] == spec["policy_class"]), None)
+    if allowed is None:
+        raise PolicyFileError(f"{spec_file}: policy_class {spec['policy_class']!r} is not allowed for {algo}; it must be {_class_names(algo)}")
     kwargs = spec["kwargs"]
     if not isinstance(kwargs, dict):
         raise PolicyFileError(f"{spec_file}: kwargs must be a JSON object of the policy's constructor arguments, got {kwargs!r}")
@@ -388,9 +405,31 @@ def _build_policy(spec: dict[str, Any], spec_file: Path, algo: str, weights_byte
     # the constructor initialises weights from torch's global RNG: leave the caller's stream as it was
     with torch.random.fork_rng(devices=[]):
         try:
-            return policy_cls(**spaces, lr_schedule=_zero_schedule, **kwargs)
+            schedule = {} if algo in _NO_LR_SCHEDULE else {"lr_schedule": _zero_schedule}
+            return policy_cls(**spaces, **schedule, **kwargs)
         except Exception as exc:  # any argument SB3 rejects, whatever it raises
             raise PolicyFileError(f"{spec_file}: its settings do not build a {spec['policy_class']} ({type(exc).__name__}: {exc})") from exc
+
+
+def _class_names(algo: str) -> str:
+    return " or ".join(target.split(":")[1] for target in _POLICY_CLASSES[algo])
+
+
+def _constructor_parameters(policy: Any) -> dict[str, Any]:
+    """What rebuilds ``policy``: SB3's constructor parameters, completed where they fall short.
+
+    ARS policies leave out ``with_bias`` and ``squash_output`` (and the linear one takes no
+    ``net_arch`` or ``activation_fn``): read them off the network instead.
+    """
+    params = dict(policy._get_constructor_parameters())
+    name = type(policy).__name__
+    if name in ("ARSPolicy", "ARSLinearPolicy"):
+        params["with_bias"] = any(key.endswith("bias") for key in policy.state_dict())
+        params["squash_output"] = bool(policy.squash_output)
+        if name == "ARSLinearPolicy":
+            params.pop("net_arch", None)
+            params.pop("activation_fn", None)
+    return params
 
 
 def _fewest_weights(kwargs: dict[str, Any], n_obs: int, spec_file: Path) -> int:

@@ -4,7 +4,8 @@ One training run owns one folder::
 
     runs/<tasks>__<algo>__<seed>__<time>/
         config.json          the full resolved config (env settings, algorithm, seed, versions)
-        policy.json          the final policy network: classes by name, settings, spaces (:mod:`lrenv.policy`)
+        policy.json          the run's policy network: classes by name, settings, spaces (:mod:`lrenv.policy`);
+                             with validation (``eval_freq``) the best validated one, else the last
         policy.safetensors   its weights (plain tensors: loading runs no code)
         model.zip            the final SB3 model (pickles: for ``--resume`` and SB3 users)
         normalization.json   observation statistics (:class:`ObsNormalization`), when normalised
@@ -13,6 +14,9 @@ One training run owns one folder::
                              vecnormalize.pkl, state.json and, in the latest one of an
                              off-policy run, replay_buffer.pkl
         episodes.jsonl       every training episode (final losses, LR schedule)
+        best/                the best policy on the validation episodes so far, with best.json (its scores)
+        validation.jsonl     every validation score (timesteps, mean return, return per task variant)
+        learning.png         training return per task and validation return per variant, against timesteps
         progress.csv         SB3's training metrics (progress_<k>.csv for the k-th part of a resumed run)
         eval.json            evaluation episodes of the policy and the task's default constant LR
         schedule.png         their LR schedules and loss curves
@@ -178,6 +182,9 @@ class RunDir:
     EVAL = "eval.json"
     PLOT = "schedule.png"
     WANDB = "wandb"
+    BEST = "best"
+    VALIDATION = "validation.jsonl"
+    LEARNING_PLOT = "learning.png"
     #: config.json keys that loading a policy needs, and all that ``agents.train --resume`` needs.
     POLICY_CONFIG_KEYS = ("algo", "tasks", "task_configs", "env", "seed")
     RESUME_CONFIG_KEYS = (*POLICY_CONFIG_KEYS, "name", "timesteps", "n_envs", "vec_env", "normalize_obs", "clip_obs", "checkpoint_freq",
@@ -267,8 +274,12 @@ class RunDir:
 
     def write_plot(self, figure: Any) -> None:
         """Save a matplotlib figure as ``schedule.png``."""
-        with atomic_path(self.plot_file) as tmp:
-            figure.savefig(tmp)
+        self.write_figure(self.PLOT, figure)
+
+    def write_figure(self, name: str, figure: Any) -> None:
+        """Save a matplotlib figure as ``name`` in the run folder."""
+        with atomic_path(self.path / name) as tmp:
+            figure.savefig(tmp, format="png")
 
     def new_progress_csv(self) -> Path:
         """``progress.csv``, or ``progress_<k>.csv`` when a resumed run already wrote the earlier ones."""
@@ -287,20 +298,23 @@ class RunDir:
         """Drop what the logs hold beyond ``timesteps``, the checkpoint a resumed run restarts from.
 
         A run killed after its last checkpoint has logged episodes and metrics that the resumed
-        run trains again; without this they would appear twice. ``episodes.jsonl`` and every
-        ``progress*.csv`` are rewritten atomically without the records of later timesteps.
+        run trains again; without this they would appear twice. ``episodes.jsonl``,
+        ``validation.jsonl`` and every ``progress*.csv`` are rewritten atomically without the
+        records of later timesteps. (``best/`` may hold a policy of a later timestep: it was
+        validated, and stays the best unless the resumed run beats it.)
 
         Returns:
             How many records were dropped.
         """
         dropped = 0
-        if self.episodes_file.is_file():
-            lines = self.episodes_file.read_text().splitlines(keepends=True)
-            # a line cut short by the kill is not a record
-            kept = [line for line in lines if line.endswith("\n") and json.loads(line)["timesteps"] <= timesteps]
-            dropped += len(lines) - len(kept)
-            with atomic_path(self.episodes_file) as tmp:
-                tmp.write_text("".join(kept))
+        for path in (self.episodes_file, self.path / self.VALIDATION):
+            if path.is_file():
+                lines = path.read_text().splitlines(keepends=True)
+                # a line cut short by the kill is not a record
+                kept = [line for line in lines if line.endswith("\n") and json.loads(line)["timesteps"] <= timesteps]
+                dropped += len(lines) - len(kept)
+                with atomic_path(path) as tmp:
+                    tmp.write_text("".join(kept))
         for path in self.progress_files():
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
@@ -377,6 +391,41 @@ class RunDir:
         for f in tmp.iterdir():
             os.replace(f, self.path / f.name)
         tmp.rmdir()
+
+    @property
+    def best_folder(self) -> Path:
+        return self.path / self.BEST
+
+    def save_best(self, model: Any, venv: Any, record: dict[str, Any]) -> None:
+        """The policy that scored best on validation so far, in ``best/`` (replaced as a whole)."""
+        tmp = self.path / ".tmp_best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._save_policy(model, venv, tmp)
+        write_json(tmp / "best.json", record)
+        old = self.path / ".old_best"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.best_folder.exists():
+            os.replace(self.best_folder, old)
+        os.replace(tmp, self.best_folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def adopt_best(self) -> dict[str, Any] | None:
+        """Make the best validated policy the run's policy (``policy.*``, ``normalization.json``); ``model.zip`` stays the last.
+
+        Returns ``best.json``'s record, or ``None`` when there is no ``best/`` (nothing changes).
+        """
+        best = self.best_folder
+        if not (best / self.POLICY).is_file():
+            return None
+        for name in (self.WEIGHTS, self.POLICY, self.NORMALIZATION):
+            if (best / name).is_file():
+                with atomic_path(self.path / name) as tmp:
+                    shutil.copyfile(best / name, tmp)
+        return read_json(best / "best.json")
+
+    def append_validation(self, record: dict[str, Any]) -> None:
+        with (self.path / self.VALIDATION).open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def load_checkpoint(self, checkpoint: Path, algo_cls: type, venv: Any, device: str) -> tuple[Any, Any]:
         """Restore a checkpoint onto a fresh training VecEnv.

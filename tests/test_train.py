@@ -190,3 +190,32 @@ def test_ppo_defaults_beat_the_default_constant_lr_on_mnist1d(tmp_path):
     policy, constant = results["policy"], results["default_constant"]
     assert policy["episodes"] >= 10 and policy["diverged"] == 0
     assert policy["final_valid_loss_mean"] < constant["final_valid_loss_mean"]
+
+
+def test_a_training_distribution_keeps_the_policy_best_on_validation(tiny_task_name, tmp_path, capsys):
+    """The default policy's recipe in small: ARS over two task variants, paired seeds, the best validated policy kept."""
+    argv = ["--config", str(CONFIG_DIR / "default.yaml"), "--timesteps", "180", "--eval-episodes", "1", "--runs-dir", str(tmp_path),
+            "--no-progress-bar", "--set", "eval_freq=60", "hyperparams.n_delta=2", "hyperparams.n_top=2",
+            f"populations=[{{task: {tiny_task_name}, n_envs: 2}}, {{task: {tiny_task_name}, task_config: {{epochs: 3, optimizer: adam, default_lr: 0.01}}}}]"]
+    run_dir = train.main(argv)
+    out = capsys.readouterr().out
+    again = train.main(argv)  # the same seed gives the same policy, bit for bit
+    assert (again / "policy.safetensors").read_bytes() == (run_dir / "policy.safetensors").read_bytes()
+    assert (again / "validation.jsonl").read_text() == (run_dir / "validation.jsonl").read_text()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["n_envs"] == 3 and config["tasks"] == [tiny_task_name]
+    assert config["populations"][1]["task_config"] == {"epochs": 3, "optimizer": "adam", "default_lr": 0.01}
+    validation = [json.loads(line) for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    assert len(validation) >= 3 and set(validation[0]["returns"]) == {tiny_task_name, f"{tiny_task_name}[epochs=3,optimizer=adam]"}
+    best = max(validation, key=lambda r: r["mean_return"])
+    assert json.loads((run_dir / "best" / "best.json").read_text()) == best
+    assert f"Kept the policy of timestep {best['timesteps']}" in out
+    # the run's policy files are the best one's; model.zip stays the last, for resuming
+    for name in ("policy.json", "policy.safetensors", "normalization.json"):
+        assert (run_dir / name).read_bytes() == (run_dir / "best" / name).read_bytes()
+    assert (run_dir / "learning.png").stat().st_size > 0
+    episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    # every record holds its own episode's epochs only (candidates reset the envs mid-episode); budgets 5 and 3
+    assert all(e["epochs"] == len(e["lr"]) <= 5 for e in episodes) and {3, 5} <= {len(e["lr"]) for e in episodes if not e["diverged"]}
+    policy = lrenv.load_policy(run_dir)
+    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features == "relative"
