@@ -101,3 +101,58 @@ def test_the_cli_writes_the_local_summary_csv_from_ray(cluster, tmp_path):
 def test_unknown_backend_is_an_error():
     with pytest.raises(ValueError, match="unknown backend 'dask'; choose 'local' or 'ray'"):
         compare(["NoisyQuadratic-v0"], backend="dask", **PROTOCOL)
+
+
+RAY_ENV = {"features": "relative", "action_mode": "multiplier", "relative_factor": 30.0, "base_shape": "cosine", "base_lr_spread": 10.0,
+           "device": "cpu", "task_config": {"epochs": 3}}
+
+
+def test_a_ray_vec_env_gives_the_numbers_of_the_same_envs_in_one_process(cluster):
+    from lrenv import BatchedVecEnv, EnvConfig
+    from lrenv.env.mixture import MixtureVecEnv
+    from lrenv.env.ray_vec_env import RayVecEnv, split_populations
+
+    quad = EnvConfig(**{**RAY_ENV, "task_config": {"epochs": 2}})
+    specs = [("Digits-MLP-v0", 3, EnvConfig(**RAY_ENV).to_dict()), ("NoisyQuadratic-v0", 2, quad.to_dict())]
+    remote = RayVecEnv(split_populations(specs, 2), address=cluster.address)
+    local = MixtureVecEnv([BatchedVecEnv("Digits-MLP-v0", 3, config=EnvConfig(**RAY_ENV)), BatchedVecEnv("NoisyQuadratic-v0", 2, config=quad)])
+    try:
+        assert len({part.pid for part in remote.parts}) == 2 and remote.num_envs == 5
+        remote.seed(11)
+        local.seed(11)
+        np.testing.assert_array_equal(remote.reset(), local.reset())
+        rng = np.random.default_rng(0)
+        for _ in range(7):  # past both budgets: shards restart their envs on their own
+            actions = rng.uniform(-0.5, 0.5, size=(5, 1)).astype(np.float32)
+            got, expected = remote.step(actions), local.step(actions)
+            for a, b in zip(got[:3], expected[:3]):
+                np.testing.assert_array_equal(a, b)
+            assert [i["valid_loss"] for i in got[3]] == [i["valid_loss"] for i in expected[3]]
+        assert remote.get_attr("num_envs", [0, 4]) == [3, 2]
+    finally:
+        remote.close()
+
+
+def test_distributed_training_on_ray_actors_writes_a_run(cluster, tmp_path):
+    from lrenv.agents import train
+
+    run_dir = train.main(
+        ["--algo", "ppo", "--task", "Digits-MLP-v0", "--timesteps", "24", "--n-envs", "4", "--ray-actors", "2", "--address", cluster.address,
+         "--eval-episodes", "1", "--runs-dir", str(tmp_path), "--no-progress-bar",
+         "--set", "env.task_config={epochs: 3}", "hyperparams.n_steps=6", "hyperparams.batch_size=12", "hyperparams.n_epochs=1"]
+    )
+    import json
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["vec_env"] == "ray" and config["ray_actors"] == 2
+    episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) >= 8 and {e["task"] for e in episodes} == {"Digits-MLP-v0"}
+    assert (run_dir / "policy.safetensors").is_file() and (run_dir / "eval.json").is_file()
+
+
+def test_more_ray_actors_than_envs_is_an_error():
+    from lrenv.env.ray_vec_env import split_populations
+
+    with pytest.raises(ValueError, match="3 Ray actors for 2 envs"):
+        split_populations([("Digits-MLP-v0", 2, {})], 3)
+    assert [len(s) for s in split_populations([("a", 1, {}), ("b", 1, {}), ("c", 1, {})], 2)] == [2, 1]
