@@ -1,12 +1,13 @@
-"""The quickstart's main job: train a small agent, then compare it with tuned baselines.
+"""The quickstart's main job: train a small agent, then compare it and the shipped default Ψ with tuned baselines.
 
 1. ``agents.train``: PPO with the shipped defaults (``agents/configs/ppo.yaml``) learns a
    learning-rate schedule on ``MNIST1D-MLP-v0`` from a batched population of inner runs.
-2. ``agents.evaluate``: the trained policy and every classic schedule of
-   ``lrenv.baselines`` (each tuned on its own seeds with the same trial budget) run on the
-   same 10 evaluation seeds, on the training task and on a held-out task the policy never
-   saw (``TextGRU-v1``: another architecture, optimizer and data modality); a Markdown
-   table, a CSV and plots land in the output folder.
+2. ``agents.evaluate``: the trained policy, the default policy shipped with lrenv
+   (``lrenv.load_policy("default")``, no tuning, starting from each task's default LR) and
+   every classic schedule of ``lrenv.baselines`` (each tuned on its own seeds with the same
+   trial budget) run on the same 10 evaluation seeds, on the training task and on a held-out
+   task neither policy saw (``TextGRU-v1``: another architecture, optimizer and data
+   modality); a Markdown table, a CSV and plots land in the output folder.
 
 About 5–10 minutes on a 2-core CPU. Usage::
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = train.main(train_argv)
     tasks = [args.task, *(t for t in args.heldout if t != args.task)]
     print(f"== 2/2 comparing it with tuned baselines on {', '.join(tasks)} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-    evaluate.main(["--tasks", *tasks, "--runs", str(run_dir), "--out", args.out])
+    evaluate.main(["--tasks", *tasks, "--runs", str(run_dir), "default", "--out", args.out])
     out = Path(args.out)
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Trained run: {run_dir}")
     print(f"Comparison: {out / 'results.md'}, {out / 'summary.csv'}, plots in {out / 'plots'}")

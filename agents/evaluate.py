@@ -5,6 +5,7 @@ Usage::
     python -m agents.evaluate                                   # all built-in tasks, baselines only
     python -m agents.evaluate --runs runs/<run> runs/<run2>     # add trained policies and their win rates
     python -m agents.evaluate --tasks heldout --runs runs/<run> # generalisation: tasks no policy trained on
+    python -m agents.evaluate --tasks all --runs default        # the default policy shipped with lrenv
     python -m agents.evaluate --quick                           # a smoke run: tiny budgets, seconds
 
 Every baseline of ``lrenv.baselines`` is tuned per task with the same budget (``--trials``
@@ -62,7 +63,7 @@ TASK_GROUPS = ("all", "train", "heldout")
 @dataclass
 class Args:
     tasks: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "task names, or a group: all (built-in), train, heldout"})
-    runs: list[str] = field(default_factory=list, metadata={"help": "trained run folders (agents.train) to evaluate"})
+    runs: list[str] = field(default_factory=list, metadata={"help": "trained run folders (agents.train), or default (the shipped policy)"})
     seeds: int | None = field(default=None, metadata={"help": f"evaluation seeds (default {DEFAULT_EVAL_SEEDS})"})
     tune_seeds: int | None = field(default=None, metadata={"help": f"tuning seeds per trial (default {DEFAULT_TUNE_SEEDS})"})
     trials: int | None = field(default=None, metadata={"help": f"tuning budget per baseline and task, even (default {DEFAULT_TRIALS})"})

@@ -1,0 +1,70 @@
+"""Ship a trained run as lrenv's default policy: copy its plain-data policy files into the package.
+
+Usage::
+
+    python -m agents.train --config agents/configs/default.yaml --seed 0     # ~1 hour on 2 CPU cores
+    python -m agents.ship_default runs/<that run>                            # -> lrenv/policies/default/
+
+Copies ``policy.json``, ``policy.safetensors``, ``normalization.json`` (when the run has one)
+and ``config.json`` (with the run's own folder path dropped), after loading the run with
+:func:`lrenv.load_policy` to check that it is complete. The files hold numbers and JSON only:
+``lrenv.load_policy("default")`` runs no code from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from lrenv.policy import DEFAULT_POLICY_DIR, load_policy
+from lrenv.run_dir import RunDir, atomic_path
+
+#: The most the shipped files may weigh together.
+MAX_BYTES = 1_000_000
+
+
+def ship(run_dir: Path, to: Path = DEFAULT_POLICY_DIR) -> list[Path]:
+    """Copy the run's policy into ``to``; returns the files written.
+
+    Raises:
+        ValueError: The run's policy is incomplete, damaged, or larger than :data:`MAX_BYTES`.
+    """
+    policy = load_policy(run_dir)  # every check of a policy folder, before anything is copied
+    names = [RunDir.POLICY, RunDir.WEIGHTS] + ([RunDir.NORMALIZATION] if policy.normalization is not None else [])
+    size = sum((run_dir / n).stat().st_size for n in names)
+    if size > MAX_BYTES:
+        raise ValueError(f"the policy of {run_dir} takes {size} bytes; the default policy must stay under {MAX_BYTES}")
+    to.mkdir(parents=True, exist_ok=True)
+    for stale in to.glob("*.json"):
+        if stale.name not in names + [RunDir.CONFIG]:
+            stale.unlink()
+    written = []
+    for name in names:
+        with atomic_path(to / name) as tmp:
+            shutil.copyfile(run_dir / name, tmp)
+        written.append(to / name)
+    config = {k: v for k, v in policy.config.items() if k not in ("run_dir",)}
+    config["name"] = "default"
+    config["shipped_from"] = "/".join(run_dir.resolve().parts[-2:]) if run_dir.name == RunDir.BEST else run_dir.name
+    with atomic_path(to / RunDir.CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    written.append(to / RunDir.CONFIG)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a finished run folder of agents.train")
+    parser.add_argument("--to", default=str(DEFAULT_POLICY_DIR), help="where the default policy lives (default: inside the package)")
+    args = parser.parse_args(argv)
+    try:
+        written = ship(Path(args.run_dir), Path(args.to))
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    print("Wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The default Ψ shipped inside the package: loads from plain data, scales with the user's LR, evaluates, ships."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyClassifier
+
+import lrenv
+from lrenv.agents import ship_default, train
+from lrenv.agents.config import CONFIG_DIR
+from lrenv.policy import DEFAULT_POLICY_DIR
+
+# a fixed loss history: the observations, and so the policy's factors, are the same for every base LR
+LOSSES = [(2.3, 2.31), (1.2, 1.3), (0.8, 0.95), (0.6, 0.85), (0.5, 0.84), (0.42, 0.86), (0.38, 0.9), (0.35, 0.93)]
+
+
+def test_the_default_policy_is_small_plain_data_and_loads_by_name():
+    files = sorted(p.name for p in DEFAULT_POLICY_DIR.iterdir())
+    assert files == sorted(["config.json", "policy.json", "policy.safetensors"] + (["normalization.json"] if "normalization.json" in files else []))
+    assert sum(p.stat().st_size for p in DEFAULT_POLICY_DIR.iterdir()) <= 1_000_000
+    policy = lrenv.load_policy("default")
+    assert policy.name == "default" and policy.config["algo"] == "ars"
+    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features == "relative"
+    assert policy.env_config.base_lr_spread == 1.0  # used from the task's default LR; trained on mis-set ones
+    assert json.loads((DEFAULT_POLICY_DIR / "config.json").read_text())["env"]["base_lr_spread"] > 1
+
+
+def lrs_for(base_lr: float, optimizer_cls=torch.optim.SGD) -> list[float]:
+    model = torch.nn.Linear(2, 2)
+    optimizer = optimizer_cls(model.parameters(), lr=base_lr)
+    scheduler = lrenv.load_scheduler(optimizer, "default", epochs=len(LOSSES) - 1)
+    lrs = []
+    for train_loss, valid_loss in LOSSES:
+        scheduler.step(train_loss=train_loss, valid_loss=valid_loss, train_loss_std=0.1 * train_loss)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_the_default_scheduler_takes_the_scale_from_the_optimizer_and_the_shape_from_the_policy():
+    small, large = np.array(lrs_for(1e-3)), np.array(lrs_for(0.1, torch.optim.Adam))
+    np.testing.assert_allclose(large, 100 * small, rtol=1e-9)  # 100x the base LR: 100x every LR
+    assert len(set(np.round(small / 1e-3, 9))) > 3  # a schedule, not a constant factor
+    assert np.all(small >= 1e-3 / 30 * (1 - 1e-12)) and np.all(small <= 1e-3 * 30 * (1 + 1e-12))
+
+
+def test_the_default_policy_in_the_evaluation_harness(tmp_path):
+    from lrenv.agents import evaluate
+
+    evaluate.main(["--tasks", "Digits-MLP-v0", "--runs", "default", "--quick", "--out", str(tmp_path), "--workers", "0", "--no-cache"])
+    with (tmp_path / "summary.csv").open() as f:
+        rows = [row for row in csv.DictReader(f) if row["method"] == "default"]
+    assert len(rows) == 1 and rows[0]["task"] == "Digits-MLP-v0" and float(rows[0]["valid_loss_mean"]) > 0 and rows[0]["kind"] == "learned"
+
+
+def test_ship_copies_a_trained_run_into_a_loadable_policy_folder(tmp_path, monkeypatch):
+    task = "ShipTiny-v0"
+    lrenv.register_task(task, TinyClassifier)
+    try:
+        run_dir = train.main(
+            ["--config", str(CONFIG_DIR / "default.yaml"), "--timesteps", "60", "--eval-episodes", "0", "--runs-dir", str(tmp_path / "runs"),
+             "--no-progress-bar", "--set", "eval_freq=30", "hyperparams.n_delta=1", "hyperparams.n_top=1", "hyperparams.n_eval_episodes=2",
+             f"populations=[{{task: {task}, n_envs: 2}}]"]
+        )
+        written = ship_default.ship(run_dir, tmp_path / "shipped")
+        assert {p.name for p in written} == {"policy.json", "policy.safetensors", "normalization.json", "config.json"}
+        shipped = lrenv.load_policy(tmp_path / "shipped")
+        assert shipped.name == "default" and "run_dir" not in shipped.config
+        obs = np.random.default_rng(0).uniform(-1, 1, size=(4, 8)).astype(np.float32)
+        np.testing.assert_array_equal(shipped.predict(obs), lrenv.load_policy(run_dir).predict(obs))
+        monkeypatch.setattr(ship_default, "MAX_BYTES", 100)
+        with pytest.raises(ValueError, match="must stay under 100"):
+            ship_default.ship(run_dir, tmp_path / "too_big")
+    finally:
+        lrenv.unregister_task(task)
