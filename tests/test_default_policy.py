@@ -75,3 +75,22 @@ def test_ship_copies_a_trained_run_into_a_loadable_policy_folder(tmp_path, monke
             ship_default.ship(run_dir, tmp_path / "too_big")
     finally:
         lrenv.unregister_task(task)
+
+
+def test_the_harness_plays_the_default_policy_as_lrenv_does():
+    """Every setting the policy acts through (cosine base shape included) reaches the comparison's episodes."""
+    from lrenv.evaluation import compare, load_run
+
+    policy = lrenv.load_policy("default")
+    results = compare(["Digits-MLP-v0"], baselines=["constant"], contenders=[load_run("default")], eval_seeds=2, tune_seeds=1, trials=2,
+                      task_config={"epochs": 4}, workers=0)
+    episodes = [e for e in results.episodes if e.method == "default"]
+    env = lrenv.LREnv("Digits-MLP-v0", config=policy.env_config.replace(task_config={"epochs": 4}, device="cpu"))
+    for episode in episodes:
+        obs, _ = env.reset(seed=episode.seed)  # the harness's seeds are LREnv reset seeds
+        lrs = []
+        for _ in range(4):
+            obs, _, _, _, info = env.step(policy.predict(obs[None])[0])
+            lrs.append(info["lr"])
+        np.testing.assert_allclose(episode.lrs, lrs, rtol=1e-6)
+    assert len(episodes) == 2

@@ -48,6 +48,9 @@ from lrenv.evaluation.tuning import as_params, select_tuned, tuning_grid
 from lrenv.registry import make_task
 from lrenv.task import Task
 
+#: The env settings a policy acts through: a contender runs with its own, the comparison's others.
+POLICY_SETTINGS = ("features", "action_mode", "relative_factor", "base_shape")
+
 
 def _chunks(slots: list[Slot], size: int) -> Iterable[list[Slot]]:
     for start in range(0, len(slots), size):
@@ -153,8 +156,7 @@ def compare(
             kinds[contender.name] = contender.kind
             if contender.trained_on is not None:
                 trained_on[contender.name] = list(contender.trained_on)
-            c = contender.env
-            own = env.replace(features=c.features, action_mode=c.action_mode, relative_factor=c.relative_factor)
+            own = env.replace(**{field: getattr(contender.env, field) for field in POLICY_SETTINGS})
             groups[(own, None)].extend(Slot(contender.name, (), s, "eval", _contender_ref(contender, task)) for s in evals)
         stage1[name_t] = jobs(name_t, groups)
 

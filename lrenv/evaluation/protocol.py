@@ -113,7 +113,7 @@ class Contender:
         run_dir: A trained run that :func:`lrenv.load_policy` loads; worker processes load it
             from there (so the policy need not be picklable).
         env: The env settings it was trained with; only its features and action mapping
-            apply: every method is evaluated on the same tasks, with the comparison's device,
+            (mode, factor, base shape: ``compare.POLICY_SETTINGS``) apply: every method is evaluated on the same tasks, with the comparison's device,
             dtype, divergence penalty and task overrides.
         kind: ``"learned"`` or ``"reference"``.
         tasks: Tasks it applies to (``None``: all).
