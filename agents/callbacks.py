@@ -50,6 +50,9 @@ class EpisodeRecorder(BaseCallback):
             self._curves[k].append((info["lr"], info["train_loss"], info["valid_loss"]))
             if not dones[k]:
                 continue
+            if info.get("lost"):  # its env's actor died mid-episode: no episode to record
+                self._curves[k] = []
+                continue
             record = {
                 "timesteps": self.num_timesteps,
                 "task": info["task"],

@@ -156,3 +156,25 @@ def test_more_ray_actors_than_envs_is_an_error():
     with pytest.raises(ValueError, match="3 Ray actors for 2 envs"):
         split_populations([("Digits-MLP-v0", 2, {})], 3)
     assert [len(s) for s in split_populations([("a", 1, {}), ("b", 1, {}), ("c", 1, {})], 2)] == [2, 1]
+
+
+def test_a_killed_training_actor_is_replaced_and_the_other_shards_go_on(cluster):
+    from lrenv import EnvConfig
+    from lrenv.env.ray_vec_env import RayVecEnv
+
+    env = EnvConfig(**{**RAY_ENV, "task_config": {"epochs": 4}}).to_dict()
+    venv = RayVecEnv([[("Digits-MLP-v0", 2, env)], [("Digits-MLP-v0", 2, env)]], address=cluster.address)
+    try:
+        venv.seed(3)
+        venv.reset()
+        venv.step(np.zeros((4, 1)))
+        os.kill(venv.parts[1].pid, signal.SIGKILL)
+        with pytest.warns(UserWarning, match="Ray actor of shard 1 .* died"):
+            obs, rewards, dones, infos = venv.step(np.zeros((4, 1)))
+        assert dones.tolist() == [False, False, True, True] and [i.get("lost", False) for i in infos] == [False, False, True, True]
+        assert [i["epoch"] for i in infos] == [2, 2, 0, 0] and venv.restarts == 1 and np.all(np.isfinite(obs))
+        for _ in range(3):  # both shards keep stepping; shard 0 ends its episodes at the budget as usual
+            obs, rewards, dones, infos = venv.step(np.zeros((4, 1)))
+        assert [i["epoch"] for i in infos] == [1, 1, 3, 3] and dones.tolist() == [False] * 4
+    finally:
+        venv.close()

@@ -7,6 +7,8 @@ and ``num_gpus`` as a fraction of a device). A step sends every shard its action
 for all of them with one ``ray.get``: a step is a whole epoch of inner training, so Ray's
 ~1 ms per call does not show. Observations, rewards, episode ends and infos are those of the
 same shards side by side in one process (:class:`MixtureVecEnv`, env k seeded ``seed + k``).
+An actor that dies (a killed process, a lost node) is replaced with a warning: its shard's
+episodes in flight end (``info["lost"]``) and new ones start; the run goes on.
 
 Ray is imported when a RayVecEnv is made (``pip install "lrenv[ray]"``), never by ``import lrenv``.
 """
@@ -14,6 +16,7 @@ Ray is imported when a RayVecEnv is made (``pip install "lrenv[ray]"``), never b
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,8 +142,10 @@ class RayVecEnv(MixtureVecEnv):
                 ray.init(include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
-        actor_cls = ray.remote(_Shard).options(num_cpus=num_cpus, num_gpus=num_gpus)
-        actors = [actor_cls.remote([tuple(p) for p in shard]) for shard in shards]
+        self._actor_cls = ray.remote(_Shard).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._shards = [[tuple(p) for p in shard] for shard in shards]
+        self.restarts = 0
+        actors = [self._actor_cls.remote(shard) for shard in self._shards]
         try:
             descriptions = ray.get([a.describe.remote() for a in actors], timeout=timeout)
         except ray.exceptions.GetTimeoutError:
@@ -153,7 +158,34 @@ class RayVecEnv(MixtureVecEnv):
         super().__init__([_RemoteShard(actor, d) for actor, d in zip(actors, descriptions)])
 
     def _wait_all(self) -> list[VecEnvStepReturn]:
-        return self._ray.get([part.future for part in self.parts])  # one wait for every shard
+        try:
+            return self._ray.get([part.future for part in self.parts])  # one wait for every shard
+        except self._ray.exceptions.RayActorError:
+            return [self._result_or_replace(i) for i in range(len(self.parts))]
+
+    def _result_or_replace(self, i: int) -> VecEnvStepReturn:
+        """Shard i's step, or, when its actor died, a new actor whose envs start new episodes.
+
+        The lost shard's episodes end (``done``, ``info["lost"]``; no terminal observation, so
+        nothing is bootstrapped from it) and its envs continue with fresh episodes: the other
+        shards, the agent and everything logged so far carry on.
+        """
+        part = self.parts[i]
+        try:
+            return self._ray.get(part.future)
+        except self._ray.exceptions.RayActorError as exc:
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            lost = f"its {part.num_envs} episodes are lost and restart on a new actor"
+            warnings.warn(f"Ray actor of shard {i} (pid {part.pid}) died ({cause}); {lost}", stacklevel=2)
+        actor = self._actor_cls.remote(self._shards[i])
+        new = _RemoteShard(actor, self._ray.get(actor.describe.remote()))
+        self.restarts += 1
+        first = 10**9 + self.restarts * self.num_envs  # seeds no reset of this env hands out
+        new._seeds = [first + k for k in range(new.num_envs)]
+        obs = new.reset()
+        infos = [{**info, "lost": True, "TimeLimit.truncated": False} for info in new.reset_infos]
+        self.parts[i] = new
+        return obs, np.zeros(new.num_envs, dtype=np.float32), np.ones(new.num_envs, dtype=bool), infos
 
 
 def split_populations(populations: Sequence[PopulationSpec], k: int) -> list[list[PopulationSpec]]:
