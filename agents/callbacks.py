@@ -146,8 +146,9 @@ class KeepBest(BaseCallback):
 
     def _on_training_start(self) -> None:
         best = self.run.best_folder / "best.json"
-        if best.is_file():  # a resumed run keeps the best it had
+        if best.is_file():  # a resumed run keeps the best it had, and its policy was scored when it stopped
             self.best = float(json.loads(best.read_text())["mean_return"])
+            self._last = self.num_timesteps
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last >= self.freq:

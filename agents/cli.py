@@ -1,4 +1,4 @@
-"""The ``lrenv`` command: ``lrenv train|evaluate|demo ARGS...`` runs ``python -m lrenv.agents.<command> ARGS...``."""
+"""The ``lrenv`` command: ``lrenv train|evaluate|demo|sweep|ship_default ARGS...`` runs ``python -m lrenv.agents.<command> ARGS...``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 COMMANDS = {
     "train": "train an SB3 agent to choose learning rates; writes a run folder",
     "evaluate": "compare learned schedules with tuned classic ones: tables, CSV, plots",
-    "demo": "the main job: train PPO, then compare it with tuned baselines",
+    "demo": "the main job: train PPO, then compare it and the default policy with tuned baselines",
+    "sweep": "Ray Tune over agent hyperparameters, env settings and seeds, with early stopping (ASHA)",
+    "ship_default": "copy a trained run's policy into the package as the default policy",
 }
 
 

@@ -148,6 +148,11 @@ def test_distributed_training_on_ray_actors_writes_a_run(cluster, tmp_path):
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) >= 8 and {e["task"] for e in episodes} == {"Digits-MLP-v0"}
     assert (run_dir / "policy.safetensors").is_file() and (run_dir / "eval.json").is_file()
+    # resumed on the cluster from its last checkpoint: training goes on, each episode logged once
+    train.main(["--resume", str(run_dir), "--timesteps", "48", "--ray-actors", "2", "--address", cluster.address, "--no-progress-bar"])
+    resumed = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    assert max(e["timesteps"] for e in resumed) > 24 and resumed[: len(episodes)] == episodes
+    assert len({(e["timesteps"], e["run_seed"]) for e in resumed}) == len(resumed)
 
 
 def test_more_ray_actors_than_envs_is_an_error():
@@ -178,3 +183,24 @@ def test_a_killed_training_actor_is_replaced_and_the_other_shards_go_on(cluster)
         assert [i["epoch"] for i in infos] == [1, 1, 3, 3] and dones.tolist() == [False] * 4
     finally:
         venv.close()
+
+
+def test_a_sweep_runs_trials_rung_by_rung_and_writes_the_results_table(cluster, tmp_path):
+    from lrenv.agents import sweep
+
+    rows = sweep.main(
+        ["--algo", "ppo", "--task", "Digits-MLP-v0", "--samples", "3", "--rungs", "2", "--rung-timesteps", "24", "--address", cluster.address,
+         "--set", "env.task_config={epochs: 3}", "n_envs=4", "eval_episodes=0", "hyperparams.n_steps=6", "hyperparams.batch_size=12",
+         "hyperparams.n_epochs=1", "--space", "hyperparams.learning_rate=loguniform:1e-4:1e-2", "seed=choice:0,1", "--out", str(tmp_path)]
+    )
+    assert len(rows) == 3
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("hyperparams.learning_rate,seed,timesteps,validation_return") and len(lines) == 4
+    for row in rows:
+        run = Path(row["run_dir"])
+        assert run.parent == tmp_path / "runs" and row["timesteps"] in (24, 48)
+        config = __import__("json").loads((run / "config.json").read_text())
+        assert config["hyperparams"]["learning_rate"] == row["hyperparams.learning_rate"] and config["seed"] == row["seed"]
+        validation = (run / "validation.jsonl").read_text().splitlines()
+        assert len(validation) == 1 + row["timesteps"] // 24  # the untrained policy, then one score per rung
+    assert rows == sorted(rows, key=lambda r: -r["validation_return"])
