@@ -76,6 +76,7 @@ class Args:
     checkpoint_freq: int | None = field(default=None, metadata={"help": "timesteps between checkpoints; default: the config's"})
     ray_actors: int | None = field(default=None, metadata={"help": "shard the envs over this many Ray actors (0: this process); default: the config's"})
     address: str | None = field(default=None, metadata={"help": "Ray cluster of --ray-actors (default: $RAY_ADDRESS, else a local one)"})
+    gpus_per_actor: float = field(default=0.0, metadata={"help": "GPUs each --ray-actors actor declares; a fraction shares one (0.25: four actors)"})
     eval_episodes: int | None = field(default=None, metadata={"help": "evaluation episodes per task at the end; default: the config's"})
     device: str = field(default="cpu", metadata={"help": "torch device of the agent's networks (the inner runs use env.device)"})
     progress_bar: bool = field(default=True, metadata={"help": "show SB3's progress bar"})
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> Path:
     except (ValueError, TypeError, KeyError, ImportError) as exc:
         parser.error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
 
-    config["ray_address"] = args.address or os.environ.get("RAY_ADDRESS") or None  # where this session's cluster is
+    # where this session's cluster is, and how much of a GPU each actor takes there
+    config["ray_address"] = args.address or os.environ.get("RAY_ADDRESS") or None
+    config["ray_gpus_per_actor"] = args.gpus_per_actor
     if run is None:
         run = RunDir.create(args.runs_dir, config["tasks"], config["algo"], config["seed"])
         config["run_dir"] = str(run.path)

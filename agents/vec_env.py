@@ -111,4 +111,4 @@ def ray_shards(config: dict[str, Any], env: EnvConfig) -> VecEnv:
         specs = [(config["tasks"][0], config["n_envs"], env.to_dict())]
     else:
         raise ValueError("ray_actors shards one task or a populations list; for several tasks write them as populations")
-    return RayVecEnv(split_populations(specs, config["ray_actors"]), address=config.get("ray_address"))
+    return RayVecEnv(split_populations(specs, config["ray_actors"]), address=config.get("ray_address"), num_gpus=config.get("ray_gpus_per_actor") or 0.0)
