@@ -70,27 +70,20 @@ _LOSS_RATIO = 20.0
 _CHANGE = 5.0
 _LR_RATIO = 10.0
 
+_STANDARD = (
+    Feature("progress", 0.0, 1.0),
+    Feature("log_lr", -1.0, 1.0),
+    Feature("train_loss", -_LOSS_RATIO, _LOSS_RATIO),
+    Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
+    Feature("train_loss_change", -_CHANGE, _CHANGE),
+    Feature("valid_loss_change", -_CHANGE, _CHANGE),
+    Feature("train_loss_spread", 0.0, 5.0),
+    Feature("generalisation_gap", -_LOSS_RATIO, _LOSS_RATIO),
+)
+
 FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
-    "standard": (
-        Feature("progress", 0.0, 1.0),
-        Feature("log_lr", -1.0, 1.0),
-        Feature("train_loss", -_LOSS_RATIO, _LOSS_RATIO),
-        Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
-        Feature("train_loss_change", -_CHANGE, _CHANGE),
-        Feature("valid_loss_change", -_CHANGE, _CHANGE),
-        Feature("train_loss_spread", 0.0, 5.0),
-        Feature("generalisation_gap", -_LOSS_RATIO, _LOSS_RATIO),
-    ),
-    "relative": (
-        Feature("progress", 0.0, 1.0),
-        Feature("lr_ratio", -_LR_RATIO, _LR_RATIO),
-        Feature("train_loss", -_LOSS_RATIO, _LOSS_RATIO),
-        Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
-        Feature("train_loss_change", -_CHANGE, _CHANGE),
-        Feature("valid_loss_change", -_CHANGE, _CHANGE),
-        Feature("train_loss_spread", 0.0, 5.0),
-        Feature("generalisation_gap", -_LOSS_RATIO, _LOSS_RATIO),
-    ),
+    "standard": _STANDARD,
+    "relative": (_STANDARD[0], Feature("lr_ratio", -_LR_RATIO, _LR_RATIO), *_STANDARD[2:]),
     "minimal": (
         Feature("progress", 0.0, 1.0),
         Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
