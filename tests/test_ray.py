@@ -204,3 +204,26 @@ def test_a_sweep_runs_trials_rung_by_rung_and_writes_the_results_table(cluster, 
         validation = (run / "validation.jsonl").read_text().splitlines()
         assert len(validation) == 1 + row["timesteps"] // 24  # the untrained policy, then one score per rung
     assert rows == sorted(rows, key=lambda r: -r["validation_return"])
+
+
+def test_one_task_split_over_ray_actors_gives_the_numbers_of_one_batched_vec_env(cluster):
+    from lrenv import BatchedVecEnv, EnvConfig
+    from lrenv.env.ray_vec_env import RayVecEnv, split_populations
+
+    config = EnvConfig(**RAY_ENV)
+    remote = RayVecEnv(split_populations([("Digits-MLP-v0", 4, config.to_dict())], 2), address=cluster.address)
+    local = BatchedVecEnv("Digits-MLP-v0", 4, config=config)
+    try:
+        assert [part.num_envs for part in remote.parts] == [2, 2]
+        remote.seed(5)
+        local.seed(5)
+        np.testing.assert_allclose(remote.reset(), local.reset(), atol=1e-5)
+        rng = np.random.default_rng(1)
+        for _ in range(5):  # past the 3-epoch budget
+            actions = rng.uniform(-0.5, 0.5, size=(4, 1)).astype(np.float32)
+            got, expected = remote.step(actions), local.step(actions)
+            np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
+            np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+            np.testing.assert_array_equal(got[2], expected[2])
+    finally:
+        remote.close()
