@@ -36,13 +36,8 @@ def make_vec_env(config: dict[str, Any], env: EnvConfig, seed: int) -> tuple[Vec
     """
     tasks, n_envs, kind = config["tasks"], config["n_envs"], config["vec_env"]
     venv: VecEnv | None = None
-    if config.get("ray_actors"):
-        venv, kind = ray_shards(config, env), "ray"
-        venv.seed(seed)
-        if config.get("paired_seeds"):
-            venv = PairedSeeds(venv, seed)
-    elif config.get("populations"):
-        venv, kind = population_mixture(config["populations"], env), "mixture"
+    if config.get("ray_actors") or config.get("populations"):
+        venv, kind = (ray_shards(config, env), "ray") if config.get("ray_actors") else (population_mixture(config["populations"], env), "mixture")
         venv.seed(seed)
         if config.get("paired_seeds"):
             venv = PairedSeeds(venv, seed)
