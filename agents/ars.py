@@ -24,6 +24,8 @@ import torch as th
 from sb3_contrib import ARS as ContribARS
 from stable_baselines3.common.callbacks import BaseCallback
 
+from lrenv.agents.callbacks import one_episode_per_env
+
 
 def centred_ranks(returns: np.ndarray) -> np.ndarray:
     """Per column (env), each row's (candidate's) rank scaled to [-0.5, 0.5]; ties share their mean rank."""
@@ -73,27 +75,15 @@ class ARS(ContribARS):
         policy = copy.deepcopy(self.policy)
         self.ep_info_buffer = []
         callback.on_rollout_start()
+        def on_step(infos: list[dict[str, Any]], dones: np.ndarray) -> None:
+            self.num_timesteps += self.env.num_envs
+            callback.update_locals({"infos": infos, "dones": dones})
+            callback.on_step()
+
         returns = np.zeros((len(candidate_weights), self.env.num_envs))
         for k, weights in enumerate(candidate_weights):
             policy.load_from_vector(weights.cpu())
-            returns[k], lengths = self._one_episode_per_env(policy, callback)
+            returns[k], lengths = one_episode_per_env(policy, self.env, on_step)
             self._mimic_monitor_wrapper(returns[k], lengths)
         callback.on_rollout_end()
         return th.as_tensor(centred_ranks(returns).sum(1), dtype=th.float32, device=self.device)
-
-    def _one_episode_per_env(self, policy: Any, callback: BaseCallback) -> tuple[np.ndarray, np.ndarray]:
-        """Return and length of the first episode of each env after a reset (later steps of finished envs are not counted)."""
-        env = self.env
-        obs = env.reset()
-        returns, lengths = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=np.int64)
-        finished = np.zeros(env.num_envs, dtype=bool)
-        while not finished.all():
-            actions, _ = policy.predict(obs, deterministic=True)
-            obs, rewards, dones, infos = env.step(actions)
-            returns[~finished] += rewards[~finished]
-            lengths[~finished] += 1
-            finished |= dones
-            self.num_timesteps += env.num_envs
-            callback.update_locals({"infos": infos, "dones": dones})
-            callback.on_step()
-        return returns, lengths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,30 @@ class CheckpointEvery(BaseCallback):
         return True
 
 
-def validation_returns(model: Any, venv: Any, seed: int) -> np.ndarray:
-    """Return of one deterministic episode per env of ``venv``, started from seeds ``seed + k``."""
-    venv.seed(seed)
+def one_episode_per_env(model: Any, venv: Any, on_step: Callable[[list[dict[str, Any]], np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return and length of each env's first deterministic episode after a reset.
+
+    Envs that finish early keep stepping (a VecEnv steps all its envs) until the last one
+    finishes; those later steps are not counted. ``on_step(infos, dones)`` sees every step.
+    """
     obs = venv.reset()
-    returns = np.zeros(venv.num_envs)
+    returns, lengths = np.zeros(venv.num_envs), np.zeros(venv.num_envs, dtype=np.int64)
     finished = np.zeros(venv.num_envs, dtype=bool)
     while not finished.all():
         actions, _ = model.predict(obs, deterministic=True)
-        obs, rewards, dones, _ = venv.step(actions)
+        obs, rewards, dones, infos = venv.step(actions)
         returns[~finished] += rewards[~finished]
+        lengths[~finished] += 1
         finished |= dones
-    return returns
+        if on_step is not None:
+            on_step(infos, dones)
+    return returns, lengths
+
+
+def validation_returns(model: Any, venv: Any, seed: int) -> np.ndarray:
+    """Return of one deterministic episode per env of ``venv``, started from seeds ``seed + k``."""
+    venv.seed(seed)
+    return one_episode_per_env(model, venv)[0]
 
 
 class KeepBest(BaseCallback):
@@ -179,10 +192,8 @@ class KeepBest(BaseCallback):
             self.tracker.log({"validation/mean_return": record["mean_return"], "validation/best": self.best}, self.num_timesteps)
 
     def _sync_normalization(self) -> None:
-        from stable_baselines3.common.vec_env import VecNormalize
+        from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_normalize
 
-        train = self.training_env
-        while train is not None and not isinstance(train, VecNormalize):
-            train = getattr(train, "venv", None)
+        train = unwrap_vec_normalize(self.training_env)
         if train is not None and isinstance(self.venv, VecNormalize):
             self.venv.obs_rms = train.obs_rms.copy()

@@ -26,6 +26,7 @@ from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckA
 import lrenv
 from lrenv.env.config import EnvConfig
 from lrenv.policy import algorithm_class
+from lrenv.task import check_overrides
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 #: Keys of a config file (see agents/configs/ppo.yaml).
@@ -155,7 +156,7 @@ def resolve_population(entry: Any, env: EnvConfig, index: int) -> dict[str, Any]
         task = lrenv.make_task(entry["task"], **overrides)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc.args[0] if exc.args else exc}") from exc
-    return {"task": task.name, "n_envs": n_envs, "task_config": EnvConfig(task_config=overrides or None).task_overrides}
+    return {"task": task.name, "n_envs": n_envs, "task_config": check_overrides(overrides, where, "setting")}
 
 
 def env_config(config: Mapping[str, Any], source: str = "the env section of the config") -> EnvConfig:

@@ -468,15 +468,14 @@ class RunDir:
         """The policy (lrenv's policy.json + policy.safetensors and SB3's model.zip), observation
         statistics (JSON and SB3 pickle), optionally the replay buffer."""
         from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-        from stable_baselines3.common.vec_env import VecNormalize
+        from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
         from lrenv.policy import save_policy_files  # lrenv.policy imports this module
 
         folder.mkdir(parents=True, exist_ok=True)
         save_policy_files(model, folder)
         model.save(folder / cls.MODEL)
-        while venv is not None and not isinstance(venv, VecNormalize):  # VecNormalize may sit under other wrappers
-            venv = getattr(venv, "venv", None)
+        venv = unwrap_vec_normalize(venv) if venv is not None else None  # VecNormalize may sit under other wrappers
         if venv is not None:
             venv.save(str(folder / cls.VECNORMALIZE))
             write_json(folder / cls.NORMALIZATION, ObsNormalization.from_vec_normalize(venv).to_dict())
