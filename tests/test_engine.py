@@ -114,3 +114,56 @@ def test_task_config_validation():
         TaskConfig(lr_range=(1.0, 0.1))
     with pytest.raises(ValueError, match="default_lr"):
         TaskConfig(lr_range=(1e-3, 1e-2), default_lr=0.1)
+
+
+def _continue(engine, lrs):
+    return [engine.run_epoch(lr) for lr in lrs]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("optimizer", ["momentum", "adamw", "schedulefree_sgd", "schedulefree_adamw"])
+def test_snapshot_restores_a_population_exactly(tiny_task, optimizer, batched):
+    lr_scale = 0.1 if "adam" in optimizer else 1.0
+    task = type(tiny_task)(optimizer=optimizer, weight_decay=0.01, default_lr=0.1 * lr_scale)
+    engine = Engine(task, n_runs=2, device="cpu", batched=batched)
+    engine.reset([3, 4])
+    for lr in (0.3, 0.1):
+        engine.run_epoch([lr * lr_scale, 2 * lr * lr_scale])
+    saved = engine.state_dict()
+    later = [[0.05 * lr_scale, 0.2 * lr_scale]] * 3
+    first = _continue(engine, later)
+    engine.load_state_dict(saved)
+    second = _continue(engine, later)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.valid_loss, b.valid_loss)
+        np.testing.assert_array_equal(a.train_loss, b.train_loss)
+    # the snapshot is a copy: training on did not change it, and it survives a weights-only save
+    buffer = __import__("io").BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    engine.load_state_dict(torch.load(buffer, weights_only=True))
+    np.testing.assert_array_equal(_continue(engine, later)[-1].valid_loss, first[-1].valid_loss)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_branching_a_run_into_another_engine(tiny_task, batched):
+    task = type(tiny_task)(optimizer="adam", default_lr=0.01)
+    source = Engine(task, n_runs=1, device="cpu", batched=batched)
+    source.reset([11])
+    source.run_epoch([0.01])
+    state = source.run_state(0)
+    source.run_epoch([0.003])
+    alone = source.run_epoch([0.003])
+    branches = Engine(task, n_runs=3, device="cpu", batched=batched)  # never reset: branching initialises it
+    branches.load_run_state([0, 1, 2], state, seeds=None)
+    branches.run_epoch([0.003] * 3)
+    together = branches.run_epoch([0.003] * 3)
+    np.testing.assert_allclose(together.valid_loss, alone.valid_loss[0], rtol=1e-5)
+    # fresh data orders from branch seeds: same start, different noise
+    branches.load_run_state([0, 1, 2], state, seeds=[1, 2, 1])
+    noisy = branches.run_epoch([0.003] * 3)
+    assert noisy.valid_loss[0] == noisy.valid_loss[2] != noisy.valid_loss[1]
+    with pytest.raises(ValueError, match="same batched= setting"):
+        Engine(task, n_runs=2, device="cpu", batched=not batched).load_run_state([0], state)
+    with pytest.raises(ValueError, match="2 seeds for 3 runs"):
+        branches.load_run_state([0, 1, 2], state, seeds=[1, 2])

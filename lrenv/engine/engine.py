@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,6 +113,7 @@ class Engine:
         self._orders: list[torch.Generator | None] = [None] * n_runs
         self._first_train = np.full(n_runs, np.nan)
         self._first_valid = np.full(n_runs, np.nan)
+        self._metric_names: tuple[str, ...] | None = None
         self.trainer, self.fallback_reason = self._pick_trainer(batched)
 
     @property
@@ -129,8 +131,7 @@ class Engine:
         except NotBatchable as exc:
             reason = str(exc)
         warnings.warn(
-            f"lrenv: task {self.task.name or type(self.task).__name__} cannot be batched ({reason}); "
-            f"training its {self.n_runs} runs in a loop",
+            f"lrenv: task {self.task.name or type(self.task).__name__} cannot be batched ({reason}); training its {self.n_runs} runs in a loop",
             stacklevel=3,
         )
         return LoopTrainer(self.task, self.n_runs), reason
@@ -213,6 +214,75 @@ class Engine:
         """Run k's model: the live module (loop) or a copy of its parameters (batched)."""
         self._order(run)
         return self.trainer.model(run)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def run_state(self, run: int) -> dict[str, Any]:
+        """A copy of run k's whole training state: parameters, optimizer state, data order, epoch-0 losses.
+
+        The copy is independent of the engine (later epochs do not change it) and holds only
+        tensors, numbers and strings, so ``torch.save`` / ``torch.load(weights_only=True)`` keep it.
+        """
+        order = self._order(run)
+        return {
+            "trainer": self._trainer_kind,
+            "state": self.trainer.run_state(run),
+            "order": order.get_state(),
+            "first_train": float(self._first_train[run]),
+            "first_valid": float(self._first_valid[run]),
+        }
+
+    def load_run_state(self, runs: Sequence[int], state: dict[str, Any], seeds: Sequence[int] | None = None) -> None:
+        """Make each of ``runs`` continue from one run's state (:meth:`run_state`): branch a run.
+
+        Args:
+            runs: Indices of the runs that take the state.
+            state: A run's state, from this engine or another one of the same task and trainer
+                kind (loop or stacked: :attr:`batched`).
+            seeds: One seed per run for a fresh data order from here on (how branches of one
+                state differ in their noise); ``None``: each continues the state's own order.
+        """
+        runs = [int(k) for k in runs]
+        for k in runs:
+            if not 0 <= k < self.n_runs:
+                raise IndexError(f"run index {k} out of range for a population of {self.n_runs}")
+        if state.get("trainer") != self._trainer_kind:
+            raise ValueError(
+                f"a run state of a {state.get('trainer')!r} trainer cannot be loaded into this engine's {self._trainer_kind!r} one; "
+                f"build both engines with the same batched= setting"
+            )
+        if seeds is not None and len(seeds) != len(runs):
+            raise ValueError(f"got {len(seeds)} seeds for {len(runs)} runs")
+        fresh = [k for k in runs if self._orders[k] is None]
+        if fresh:  # a run that was never reset has no module or optimizer to load into yet
+            self.trainer.init_runs(fresh, [self._new_model(0) for _ in fresh])
+        self.trainer.load_run_state(runs, state["state"])
+        for i, k in enumerate(runs):
+            order = torch.Generator(device=self.device)
+            if seeds is None:
+                order.set_state(state["order"])
+            else:
+                order.manual_seed(run_seeds(int(seeds[i]))[1])
+            self._orders[k] = order
+        self._first_train[runs] = state["first_train"]
+        self._first_valid[runs] = state["first_valid"]
+        if runs and self._metric_names is None:
+            self._metric_names, _ = self.trainer.evaluate(self.valid, runs[:1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of every run (:meth:`run_state`), to restore with :meth:`load_state_dict`."""
+        return {"n_runs": self.n_runs, "runs": [self.run_state(k) for k in range(self.n_runs)]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore every run from :meth:`state_dict` of an engine of the same task, size and trainer kind."""
+        if state_dict.get("n_runs") != self.n_runs:
+            raise ValueError(f"the state holds {state_dict.get('n_runs')} runs, this engine has {self.n_runs}")
+        for k, state in enumerate(state_dict["runs"]):
+            self.load_run_state([k], state)
+
+    @property
+    def _trainer_kind(self) -> str:
+        return "stacked" if self.batched else "loop"
 
     # -- internals -------------------------------------------------------------------------
 

@@ -79,6 +79,12 @@ class StackedOptimizer(Protocol):
     def finish_epoch(self) -> None:
         """After the epoch's last update."""
 
+    def run_state(self, k: int) -> dict:
+        """A copy of run k's optimizer state (tensors and numbers)."""
+
+    def load_run_state(self, runs: Sequence[int], state: dict) -> None:
+        """Give each of ``runs`` the optimizer state ``state`` of one run."""
+
 
 def make_stacked_optimizer(params: Sequence[torch.Tensor], config: TaskConfig) -> StackedOptimizer:
     """The stacked counterpart of :func:`make_optimizer` for the optimizer ``config`` names."""
@@ -177,6 +183,17 @@ class BatchedOptimizer:
     def finish_epoch(self) -> None:
         self.steps += self._step_in_epoch
 
+    def run_state(self, k: int) -> dict:
+        return {"steps": int(self.steps[k]), "buffers": [[s[k].clone() for s in group] for group in self._state]}
+
+    @torch.no_grad()
+    def load_run_state(self, runs: Sequence[int], state: dict) -> None:
+        idx = list(runs)
+        self.steps[idx] = int(state["steps"])
+        for group, saved in zip(self._state, state["buffers"], strict=True):
+            for s, value in zip(group, saved, strict=True):
+                s[idx] = value.to(s.device, s.dtype)
+
 
 class BatchedScheduleFree:
     """Schedule-Free SGD or AdamW (Defazio et al., 2024) over stacked parameters ``[N, ...]``.
@@ -256,6 +273,22 @@ class BatchedScheduleFree:
             p.lerp_(z, _per_run(ckp1, p))
             p.addcmul_(g, _per_run(y_step, p))
             z.addcmul_(g, _per_run(z_step, z))
+
+    def run_state(self, k: int) -> dict:
+        return {
+            "steps": int(self.steps[k]),
+            "lr_max": float(self.lr_max[k]),
+            "weight_sum": float(self.weight_sum[k]),
+            "buffers": [[s[k].clone() for s in self._z], [s[k].clone() for s in self._exp_avg_sq]],
+        }
+
+    @torch.no_grad()
+    def load_run_state(self, runs: Sequence[int], state: dict) -> None:
+        idx = list(runs)
+        self.steps[idx], self.lr_max[idx], self.weight_sum[idx] = int(state["steps"]), float(state["lr_max"]), float(state["weight_sum"])
+        for group, saved in zip((self._z, self._exp_avg_sq), state["buffers"], strict=True):
+            for s, value in zip(group, saved, strict=True):
+                s[idx] = value.to(s.device, s.dtype)
 
     @torch.no_grad()
     def finish_epoch(self) -> None:

@@ -92,6 +92,21 @@ class LoopTrainer:
         assert model is not None
         return model
 
+    def run_state(self, k: int) -> dict:
+        """A copy of run k's parameters and torch optimizer state."""
+        model, optimizer = self.models[k], self.optimizers[k]
+        assert model is not None and optimizer is not None
+        return {"params": [p.detach().clone() for p in model.parameters()], "optimizer": copy.deepcopy(optimizer.state_dict())}
+
+    @torch.no_grad()
+    def load_run_state(self, runs: Sequence[int], state: dict) -> None:
+        for k in runs:
+            model, optimizer = self.models[k], self.optimizers[k]
+            assert model is not None and optimizer is not None
+            for p, value in zip(model.parameters(), state["params"], strict=True):
+                p.copy_(value)
+            optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+
 
 def _chunked_eval(
     task: Task, forward: Callable[[torch.Tensor], torch.Tensor], split: Split, batched: bool, chunk: int = EVAL_CHUNK
@@ -210,6 +225,17 @@ class StackedTrainer:
             return _chunked_eval(self.task, lambda xb: layers.forward(xb.expand(len(idx), *xb.shape), params), split, True, chunk)
         forward = vmap(self._run_output, in_dims=(0, None))
         return _chunked_eval(self.task, lambda xb: forward(params, xb), split, True, chunk)
+
+    def run_state(self, k: int) -> dict:
+        """A copy of run k's parameters and stacked optimizer state."""
+        return {"params": [p[k].clone() for p in self.params], "optimizer": self.optimizer.run_state(k)}
+
+    @torch.no_grad()
+    def load_run_state(self, runs: Sequence[int], state: dict) -> None:
+        idx = list(runs)
+        for stacked, value in zip(self.params, state["params"], strict=True):
+            stacked[idx] = value.to(stacked.device, stacked.dtype)
+        self.optimizer.load_run_state(idx, state["optimizer"])
 
     def model(self, k: int) -> nn.Module:
         """A new module holding a copy of run k's current parameters."""
