@@ -1,7 +1,8 @@
 """Command lines from dataclasses (cleanrl style): each field a ``--flag``, its docs in its metadata.
 
 A field's ``metadata["help"]`` is its help text and ``metadata["metavar"]`` (optional) its
-placeholder. ``bool`` fields become ``--flag/--no-flag``, ``list[...]`` fields take one or
+placeholder; ``metadata["positional"]`` makes it a positional argument (optional: its default
+applies when it is left out). ``bool`` fields become ``--flag/--no-flag``, ``list[...]`` fields take one or
 more values, ``int`` and ``float`` fields (optionally ``| None``) are converted, the rest are
 strings.
 """
@@ -20,7 +21,9 @@ def dataclass_parser(args_class: type, prog: str, description: str) -> argparse.
     for f in dataclasses.fields(args_class):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"]
-        if f.type == "bool":
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="?", default=f.default, metavar=f.metadata.get("metavar", f.name.upper()), help=help_text)
+        elif f.type == "bool":
             parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_text)
         elif str(f.type).startswith("list"):
             parser.add_argument(flag, nargs="+", default=f.default_factory(), metavar=f.metadata.get("metavar"), help=help_text)  # type: ignore[misc]
