@@ -112,15 +112,15 @@ def settings(args: Args) -> dict[str, Any]:
 # -- fits -----------------------------------------------------------------------------------
 
 
-def mean_curves(episodes: list[Any]) -> dict[tuple[str, float], tuple[list[float], list[float], bool]]:
-    """``{(shape, peak): (lrs, seed-mean validation curve, any seed diverged)}`` of the aims grid."""
+def mean_curves(episodes: list[Any], split: str = "valid") -> dict[tuple[str, float], tuple[list[float], list[float], bool]]:
+    """``{(shape, peak): (lrs, seed-mean loss curve on "valid" or "train", any seed diverged)}`` of the aims grid."""
     groups: dict[tuple[str, float], list[Any]] = {}
     for e in episodes:
         groups.setdefault((e.method, e.params["lr"]), []).append(e)
     out = {}
     for key, eps in groups.items():
         diverged = any(e.diverged for e in eps)
-        curves = np.array([e.valid_loss for e in eps if not e.diverged]) if not diverged else np.zeros((0,))
+        curves = np.array([e.valid_loss if split == "valid" else e.train_loss for e in eps]) if not diverged else np.zeros((0,))
         out[key] = (eps[0].lrs, curves.mean(0).tolist() if len(curves) else [], diverged)
     return out
 
@@ -137,6 +137,11 @@ def choose_law_runs(curves: dict[tuple[str, float], tuple[list[float], list[floa
     if lower and ("constant", lower[-1]) in finished:
         chosen.append(("constant", lower[-1]))
     return chosen[:LAW_RUNS]
+
+
+def ridge_schedule(ridge: np.ndarray, branch_epochs: list[int], epochs: int) -> list[float]:
+    """A ridge of the surface as a schedule: its LR at every epoch, log-interpolated between branch epochs."""
+    return [float(v) for v in np.exp(np.interp(np.arange(epochs), branch_epochs, np.log(ridge)))]
 
 
 def fit_law(curves: dict, steps_per_epoch: int, epochs: int, seed: int) -> dict[str, Any]:
@@ -408,10 +413,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = lap("aims grid", t)
 
     curves = mean_curves(aims)
-    law_fit = fit_law(curves, -(-len(task.data().train) // config.batch_size), config.epochs, args.seed)
+    steps = -(-len(task.data().train) // config.batch_size)
+    law_fit = fit_law(curves, steps, config.epochs, args.seed)
+    # the law describes training loss (LLM pretraining, where train and validation agree): its fit there, for reference
+    train_fit = fit_law(mean_curves(aims, "train"), steps, config.epochs, args.seed)
+    law_record = {k: v for k, v in law_fit.items() if k != "law"}
+    train_record = {"law": train_fit["law"].to_dict(), **{k: v for k, v in train_fit.items() if k != "law"}}
     write_json(
-        out / "law.json",
-        {"format": "lrenv-law", "version": 1, "task": name, "law": law_fit["law"].to_dict(), **{k: v for k, v in law_fit.items() if k != "law"}},
+        out / "law.json", {"format": "lrenv-law", "version": 1, "task": name, "law": law_fit["law"].to_dict(), **law_record, "on_train_loss": train_record}
     )
     law_file = schedule_file(out / "law_schedule.json", f"law-{name}", name, law_fit["optimal_lrs"], source="multi-power law fit")
     network = fit_surface_network(surface, seed=args.seed)
@@ -427,8 +436,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     t = lap("law and network fits", t)
 
-    fitted = [Contender(name=f"law-{name}", kind="reference", tasks=(name,), lrs={name: law_fit["optimal_lrs"]}),
-              Contender(name=f"network-{name}", kind="reference", tasks=(name,), lrs={name: network_lrs})]  # fmt: skip
+    greedy_lrs = ridge_schedule(surface.greedy_ridge(), surface.branch_epochs, config.epochs)
+    final_lrs = ridge_schedule(surface.final_ridge(), surface.branch_epochs, config.epochs)
+    fitted = [
+        Contender(name=f"law-{name}", kind="reference", tasks=(name,), lrs={name: law_fit["optimal_lrs"]}),
+        Contender(name=f"network-{name}", kind="reference", tasks=(name,), lrs={name: network_lrs}),
+        Contender(name="greedy-ridge", kind="reference", tasks=(name,), lrs={name: greedy_lrs}),
+        Contender(name="best-fixed-ridge", kind="reference", tasks=(name,), lrs={name: final_lrs}),
+    ]
     results = run_comparison(name, sizes, [default, *fitted], args)
     (out / "results.md").write_text(results.to_markdown())
     write_csv(out / "summary_table.csv", results.summary())
@@ -458,6 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "median_log10_ratio_greedy_to_best": float(np.median(np.log10(greedy / best))),
         },
         "law": {k: law_fit[k] for k in ("fit_runs", "fit", "heldout", "heldout_inside_range", "lr_bounds", "predicted_final_loss")},
+        "law_on_train_loss": {k: train_fit[k] for k in ("fit", "heldout", "heldout_inside_range")},
         "network": {"r2_train": network.r2_train, "r2_heldout": network.r2_heldout},
         "comparison": [{k: r[k] for k in ("method", "valid_loss_mean", "rank") if k in r} for r in results.summary()],
         "wall_time_s": clock,
@@ -466,6 +482,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(results.to_markdown())
     bias = summary["short_horizon_bias"]["median_log10_ratio_greedy_to_best"]
     print(f"Short-horizon bias: greedy LR / best-for-final LR, median over branch epochs: 10^{bias:.2f}")
+    train_held = train_fit["heldout"]
+    print(
+        f"Law on training loss: fit R² {train_fit['fit']['r2']:.3f}; "
+        f"held-out R² {train_held.get('r2', math.nan):.3f}, final-loss error {train_held.get('final_mare', math.nan):.1%}"
+    )
     held, inside = law_fit["heldout"], law_fit["heldout_inside_range"]
     print(
         f"Law: fit R² {law_fit['fit']['r2']:.3f}; held-out R² {held.get('r2', math.nan):.3f}, final-loss error {held.get('final_mare', math.nan):.1%} "

@@ -114,4 +114,5 @@ def test_surface_command_end_to_end(tmp_path):
     assert len(summary["short_horizon_bias"]["greedy_lr"]) == 3  # branch epochs 0, 7, 14
     assert summary["law"]["fit"]["n_points"] > 0 and len(summary["law"]["fit_runs"]) <= surface_cli.LAW_RUNS
     methods = {r["method"] for r in summary["comparison"]}
-    assert {"law-Digits-MLP-v0", "network-Digits-MLP-v0", "default", "cosine"} <= methods
+    assert {"law-Digits-MLP-v0", "network-Digits-MLP-v0", "greedy-ridge", "best-fixed-ridge", "default", "cosine"} <= methods
+    assert summary["law_on_train_loss"]["fit"]["n_points"] > 0
