@@ -6,6 +6,8 @@ Usage::
     python -m agents.evaluate --runs runs/<run> runs/<run2>     # add trained policies and their win rates
     python -m agents.evaluate --tasks heldout --runs runs/<run> # generalisation: tasks no policy trained on
     python -m agents.evaluate --tasks all --runs default        # the default policy shipped with lrenv
+    python -m agents.evaluate --runs default x/formula.json     # a closed-form formula next to it
+    python -m agents.evaluate --runs x/schedule.json            # a fixed schedule (lrenv-schedule file)
     python -m agents.evaluate --quick                           # a smoke run: tiny budgets, seconds
 
 Every baseline of ``lrenv.baselines`` is tuned per task with the same budget (``--trials``
@@ -50,9 +52,9 @@ from lrenv.evaluation import (
     Results,
     compare,
     default_cache_dir,
-    load_run,
     write_csv,
 )
+from lrenv.evaluation.protocol import load_contender
 
 #: ``--quick``: a smoke test of the whole pipeline in seconds (not a meaningful comparison).
 QUICK = {"seeds": 3, "tune_seeds": 2, "trials": 2, "epochs": 4}
@@ -63,7 +65,13 @@ TASK_GROUPS = ("all", "train", "heldout")
 @dataclass
 class Args:
     tasks: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "task names, or a group: all (built-in), train, heldout"})
-    runs: list[str] = field(default_factory=list, metadata={"help": "trained run folders (agents.train), or default (the shipped policy)"})
+    runs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "trained run folders (agents.train); default (the shipped policy); formula (the shipped closed form), a formula.json "
+            "(format lrenv-formula) or a folder holding one; a fixed-schedule .json (format lrenv-schedule: one task's LR per epoch)"
+        },
+    )
     seeds: int | None = field(default=None, metadata={"help": f"evaluation seeds (default {DEFAULT_EVAL_SEEDS})"})
     tune_seeds: int | None = field(default=None, metadata={"help": f"tuning seeds per trial (default {DEFAULT_TUNE_SEEDS})"})
     trials: int | None = field(default=None, metadata={"help": f"tuning budget per baseline and task, even (default {DEFAULT_TRIALS})"})
@@ -265,12 +273,12 @@ def main(argv: list[str] | None = None) -> Results:
     epochs = args.epochs if args.epochs is not None else quick.get("epochs")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     task_names = resolve_tasks(args.tasks)
-    contenders = [load_run(run) for run in args.runs]
+    contenders = [load_contender(run) for run in args.runs]
     cache_dir = (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) if args.cache else None
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     print(
         f"Comparing {len(args.baselines)} tuned baselines"
-        + (f" and {len(contenders)} trained run(s) ({', '.join(c.name for c in contenders)})" if contenders else "")
+        + (f" and {len(contenders)} contender(s) ({', '.join(c.name for c in contenders)})" if contenders else "")
         + f" on {', '.join(task_names)}: {trials} trials x {tune} tuning seeds, {seeds} evaluation seeds"
         + (f", {epochs} epochs per run" if epochs else "")
         + (f"; {workers} worker process(es)" if args.backend == "local" else f"; Ray tasks on {address or 'a local cluster'}")

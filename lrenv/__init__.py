@@ -6,7 +6,8 @@ tasks (see :func:`list_tasks`). Nothing else happens at import: no data is gener
 The data path, one direction: a :class:`Task` (data, model, loss) → the :class:`Engine`
 (N runs trained as one population) → :class:`LREnv` / :class:`BatchedVecEnv` (observations,
 actions, rewards, set by an :class:`EnvConfig`) → an SB3 agent (``lrenv.agents.train``) →
-:func:`load_policy` / :func:`load_scheduler` (the policy in a user's loop) →
+:func:`load_policy` / :func:`load_scheduler` (the policy in a user's loop; a closed-form
+:class:`Formula` plays it too, :class:`FormulaScheduler`) →
 :mod:`lrenv.evaluation` (the policy against tuned :mod:`lrenv.baselines`).
 """
 
@@ -17,9 +18,10 @@ import gymnasium as gym
 from lrenv import testing
 from lrenv.engine import Engine, EpochStats
 from lrenv.env import FEATURE_SETS, ActionMapping, BatchedVecEnv, EnvConfig, LREnv, Observer
+from lrenv.formula import Formula
 from lrenv.policy import LoadedPolicy, PolicyFileError, load_policy
 from lrenv.registry import list_tasks, make_task, register_task, unregister_task
-from lrenv.scheduler import PolicyScheduler, load_scheduler
+from lrenv.scheduler import FormulaScheduler, PolicyScheduler, load_scheduler
 from lrenv.task import ClassificationTask, Split, Task, TaskConfig, TaskData, classification_metrics
 
 __version__ = "0.1.0"
@@ -35,6 +37,8 @@ from lrenv import baselines, evaluation, tasks  # noqa: E402  (tasks registers t
 __all__ = [
     "ENV_ID",
     "FEATURE_SETS",
+    "Formula",
+    "FormulaScheduler",
     "ActionMapping",
     "BatchedVecEnv",
     "ClassificationTask",

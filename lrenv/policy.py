@@ -36,6 +36,7 @@ from lrenv.run_dir import ObsNormalization, PolicyFileError, RunDir, atomic_path
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_POLICY",
+    "FORMULA_POLICY",
     "POLICY_FORMAT",
     "LoadedPolicy",
     "ObsNormalization",
@@ -121,11 +122,13 @@ class LoadedPolicy:
     Attributes:
         model: The policy network: an SB3 policy (``BasePolicy``, on ``device``) rebuilt from
             ``policy.json`` / ``policy.safetensors``; or, loaded with ``trust=True`` from a
-            ``model.zip``, the SB3 algorithm. Both answer ``predict(obs, deterministic)``.
-        config: The run's ``config.json`` as a dict.
+            ``model.zip``, the SB3 algorithm; for a closed-form formula, a
+            :class:`lrenv.formula.FormulaModel`. All answer ``predict(obs, deterministic)``.
+        config: The run's ``config.json`` as a dict (for a formula: ``algo`` ``"formula"``,
+            its ``env`` settings, ``tasks``, ``task_configs`` and ``name``).
         normalization: Observation statistics applied by :meth:`predict`, or ``None``.
         name: A short label, e.g. ``"ppo-MNIST1D-MLP-v0-s0"``.
-        path: The folder the policy was loaded from.
+        path: The folder the policy was loaded from (a formula's: its ``formula.json``).
         timesteps: Agent timesteps the policy was trained for, when the files say.
     """
 
@@ -156,8 +159,17 @@ class LoadedPolicy:
         return list(self.config["tasks"])
 
     def task_config(self, task: str | None = None) -> dict[str, Any]:
-        """The resolved :class:`lrenv.TaskConfig` fields of a training task (the first by default)."""
-        configs = self.config["task_configs"]
+        """The resolved :class:`lrenv.TaskConfig` fields of a training task (the first by default).
+
+        Raises:
+            ValueError: The policy was trained (or a formula fitted) on no task, or not on ``task``.
+        """
+        configs = self.config.get("task_configs") or {}
+        if not self.tasks:
+            raise ValueError(
+                f"the policy {self.name!r} names no training task, so it has no task settings (epoch budget, LR range): "
+                "pass them yourself (e.g. epochs=... to a scheduler)"
+            )
         name = self.tasks[0] if task is None else task
         if name not in configs:
             raise ValueError(f"the policy was not trained on task {name!r}; it was trained on {', '.join(configs)}")
@@ -191,19 +203,29 @@ class LoadedPolicy:
 DEFAULT_POLICY = "default"
 #: Where the shipped default policy's files live.
 DEFAULT_POLICY_DIR = Path(__file__).parent / "policies" / DEFAULT_POLICY
+#: The name of the closed-form policy shipped inside the package (``load_policy("formula")``).
+FORMULA_POLICY = "formula"
+#: Where the shipped closed-form policy's ``formula.json`` lives.
+FORMULA_POLICY_DIR = Path(__file__).parent / "policies" / FORMULA_POLICY
+#: ``"format"`` of a closed-form policy's JSON file (:mod:`lrenv.formula`), and its file name in a folder.
+_FORMULA_FORMAT = "lrenv-formula"
+_FORMULA_FILE = "formula.json"
 
 
 def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -> LoadedPolicy:
-    """Load a trained policy from a run folder or a checkpoint folder, or the shipped default one.
+    """Load a trained policy from a run folder or a checkpoint folder, a closed-form formula, or a shipped one.
 
     Reads ``policy.json``, ``policy.safetensors``, ``normalization.json`` and the run's
-    ``config.json``: data only, no code runs.
+    ``config.json``: data only, no code runs. A formula (:mod:`lrenv.formula`) is read from its
+    ``formula.json`` and checked against a fixed grammar: no code runs either.
 
     Args:
         path: ``"default"`` for the policy shipped with lrenv (a folder of that name is
-            ``"./default"``); or ``runs/<run>``, ``runs/<run>/checkpoints/step_<N>`` or the
-            ``policy.json`` in either; with ``trust=True`` also an SB3 ``model.zip`` (or a
-            folder that has only that).
+            ``"./default"``), ``"formula"`` for the shipped closed form; or ``runs/<run>``,
+            ``runs/<run>/checkpoints/step_<N>`` or the ``policy.json`` in either; a formula
+            file (a ``.json`` file whose ``"format"`` is ``"lrenv-formula"``) or a folder that
+            holds a ``formula.json`` and no ``policy.json``; with ``trust=True`` also an SB3
+            ``model.zip`` (or a folder that has only that).
         device: Torch device of the policy network.
         trust: Allow reading an SB3 ``model.zip``. Its pickles run code when loaded: pass
             ``True`` only for files you made yourself.
@@ -218,6 +240,11 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
         PolicyFileError: A file is damaged, incomplete or of a format this lrenv cannot read;
             the message names it.
     """
+    formula_file = _formula_file(path)
+    if formula_file is not None:
+        from lrenv.formula import load_formula  # lrenv.formula builds on this module
+
+        return load_formula(formula_file)
     if isinstance(path, str) and path == DEFAULT_POLICY:
         path = DEFAULT_POLICY_DIR
     folder, zip_file = _locate(Path(path), trust)
@@ -243,6 +270,30 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
         raise PolicyFileError(f"the policy in {folder} observes {obs_shape}, but {config_file} says features {env.features!r}: {n_features} of them")
     name = config.get("name") or f"{config['algo']}-{'+'.join(config['tasks'])}-s{config['seed']}"
     return LoadedPolicy(model=model, config=config, normalization=normalization, name=str(name), path=folder, timesteps=timesteps)
+
+
+def _formula_file(path: str | Path) -> Path | None:
+    """The formula file ``path`` names (``"formula"``, a formula ``.json``, a folder with a
+    ``formula.json`` and no policy), or ``None`` when it names something else."""
+    if isinstance(path, str) and path == FORMULA_POLICY:
+        shipped = FORMULA_POLICY_DIR / _FORMULA_FILE
+        if not shipped.is_file():
+            raise FileNotFoundError(f"the shipped closed-form policy {shipped} does not exist: this lrenv ships no formula yet")
+        return shipped
+    path = Path(path)
+    if path.is_dir():
+        has_policy = any((path / name).is_file() for name in (RunDir.POLICY, RunDir.WEIGHTS))
+        return path / _FORMULA_FILE if not has_policy and (path / _FORMULA_FILE).is_file() else None
+    if path.suffix != ".json" or path.name == RunDir.POLICY or not path.is_file():
+        return None
+    data = read_json(path)
+    found = data.get("format") if isinstance(data, dict) else None
+    if found == _FORMULA_FORMAT:
+        return path
+    raise PolicyFileError(
+        f"{path} is not a policy: pass a run folder, a checkpoint folder or its {RunDir.POLICY}, or a formula file "
+        f"(format {_FORMULA_FORMAT!r}; this file's format is {found!r})"
+    )
 
 
 def _locate(path: Path, trust: bool) -> tuple[Path, Path | None]:

@@ -38,6 +38,12 @@ What each input means (as in the env, see :mod:`lrenv.env.features`):
 
 With several parameter groups, group g gets ``lr * initial_lr[g] / initial_lr[0]``: the
 policy sets the first group's LR and the others keep their ratios to it.
+
+:class:`FormulaScheduler` does the same for a closed-form policy (:mod:`lrenv.formula`):
+``lr = base * expression(features)``, clipped to ``[base/f, base*f]``::
+
+    scheduler = lrenv.FormulaScheduler(optimizer, "0.5*(1 + cos(pi*progress))", epochs=20)
+    scheduler = lrenv.load_scheduler(optimizer, "path/formula.json")   # through load_policy
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrenv.engine import EpochStats
 from lrenv.env.features import Observer
-from lrenv.policy import LoadedPolicy, load_policy
+from lrenv.policy import FORMULA_POLICY, LoadedPolicy, load_policy
 from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
 # Observer arrays that make up the scheduler's state (with the scheduler's own numbers)
@@ -122,13 +128,15 @@ class PolicyScheduler(LRScheduler):
         task: str | None = None,
         deterministic: bool = True,
     ) -> None:
-        task_config = policy.task_config(task)
-        self.policy = policy
-        # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
-        self.epochs = check_positive_int(task_config["epochs"] if epochs is None else epochs, "epochs")
         env = policy.env_config
         # a multiplier-mode policy takes its scale from the optimizer: its default range is base/f .. base*f
         by_base = env.action_mode == "multiplier" and lr_range is None
+        # a formula fitted on no task has no task settings: then epochs (and lr_range) must be given
+        needs_task = bool(policy.tasks) or task is not None or epochs is None or (lr_range is None and not by_base)
+        task_config = policy.task_config(task) if needs_task else {}
+        self.policy = policy
+        # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
+        self.epochs = check_positive_int(task_config["epochs"] if epochs is None else epochs, "epochs")
         self.lr_range = None if by_base else check_lr_range(task_config["lr_range"] if lr_range is None else lr_range, "lr_range")
         if not isinstance(deterministic, (bool, np.bool_)):
             raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
@@ -293,6 +301,79 @@ class PolicyScheduler(LRScheduler):
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):  # a name too long, a null byte: an expression, not a path
+        return False
+
+
+def _formula_policy(formula: Any, features: str | None, relative_factor: float | None) -> LoadedPolicy:
+    """The formula policy of :class:`FormulaScheduler`'s ``formula`` argument."""
+    from lrenv.formula import DEFAULT_RELATIVE_FACTOR, Formula, FormulaModel, formula_policy
+
+    if isinstance(formula, Formula):
+        if features is not None and features != formula.features:
+            raise ValueError(f"the formula is over feature set {formula.features!r}, not features={features!r}")
+        return formula_policy(formula, relative_factor=DEFAULT_RELATIVE_FACTOR if relative_factor is None else relative_factor)
+    if isinstance(formula, str) and not (formula == FORMULA_POLICY or formula.endswith(".json") or _exists(formula)):
+        return formula_policy(formula, features=features or "relative", relative_factor=DEFAULT_RELATIVE_FACTOR if relative_factor is None else relative_factor)
+    if isinstance(formula, (str, Path)):
+        policy = load_policy(formula)
+    elif isinstance(formula, LoadedPolicy):
+        policy = formula
+    else:
+        raise TypeError(f"formula must be an expression, a Formula, a formula.json path or a loaded formula policy, got {formula!r}")
+    if not isinstance(policy.model, FormulaModel):
+        raise TypeError(f"{policy.name!r} is not a closed-form formula (its algorithm is {policy.config.get('algo')!r}): use PolicyScheduler")
+    model = policy.model
+    for what, given, own in (("features", features, model.formula.features), ("relative_factor", relative_factor, model.relative_factor)):
+        if given is not None and given != own:
+            raise ValueError(f"the formula {policy.name!r} has {what}={own!r}; do not pass {what}={given!r}")
+    return policy
+
+
+class FormulaScheduler(PolicyScheduler):
+    """Sets each epoch's learning rate from a closed-form formula ``α_i / α_base = expression(features)``.
+
+    A :class:`PolicyScheduler` of the formula's policy (:func:`lrenv.formula.formula_policy`):
+    ``lr = base * ratio``, clipped to ``[base/f, base*f]`` (``base``: the optimizer's LR at
+    construction; ``ratio``: the formula's value on the observation, ``progress`` being the
+    epoch about to be trained over T). NaN and non-positive ratios give ``base/f``.
+
+    Args:
+        optimizer: The optimizer whose learning rate the formula controls.
+        formula: An expression (e.g. ``"0.5*(1 + cos(pi*progress))"``), a
+            :class:`lrenv.Formula`, ``"formula"`` (the shipped one), the path of a
+            ``formula.json`` (or a folder holding one), or :func:`lrenv.formula.load_formula`'s policy.
+        features: Feature set of an expression (default ``"relative"``); a file or Formula
+            brings its own (passing another one is a ``ValueError``).
+        relative_factor: f of an expression or Formula (default 100); a file brings its own.
+        **kwargs: Keyword arguments of :class:`PolicyScheduler` (``epochs``, ``lr_range``,
+            ``initial_train_loss``, ``initial_valid_loss``, ``task``). ``epochs`` is required
+            when the formula names no task it was fitted on (a bare expression never does).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        formula: Any,
+        *,
+        features: str | None = None,
+        relative_factor: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        policy = _formula_policy(formula, features, relative_factor)
+        if not policy.tasks and kwargs.get("epochs") is None:
+            raise ValueError(f"the formula {policy.name!r} names no task it was fitted on, so it has no epoch budget: pass epochs=T (T: this run's epochs)")
+        super().__init__(optimizer, policy, **kwargs)
+
+    @property
+    def formula(self) -> Any:
+        """The :class:`lrenv.Formula`."""
+        return self.policy.model.formula
+
+
 def load_scheduler(
     optimizer: torch.optim.Optimizer,
     run_dir_or_policy_file: str | Path | LoadedPolicy,
@@ -307,9 +388,10 @@ def load_scheduler(
 
     Args:
         optimizer: The optimizer to control.
-        run_dir_or_policy_file: ``"default"`` (the policy shipped with lrenv), a run folder
-            written by ``agents.train``, a checkpoint folder, the ``policy.json`` in one, or an
-            already loaded policy.
+        run_dir_or_policy_file: ``"default"`` (the policy shipped with lrenv), ``"formula"``
+            (the shipped closed form), a run folder written by ``agents.train``, a checkpoint
+            folder, the ``policy.json`` in one, a ``formula.json`` (or a folder holding one),
+            or an already loaded policy.
         trust: Also read an SB3 ``model.zip``, whose pickles run code when loaded: only for
             files you made yourself.
         **kwargs: Keyword arguments of :class:`PolicyScheduler` (``epochs``, ``lr_range``,

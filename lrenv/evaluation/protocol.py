@@ -132,7 +132,14 @@ class Contender:
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> Contender:
-    """A trained run as a :class:`Contender`, through :func:`lrenv.load_policy`."""
+    """A trained run as a :class:`Contender`, through :func:`lrenv.load_policy`.
+
+    ``run_dir`` is anything :func:`lrenv.load_policy` loads: a run or checkpoint folder,
+    ``"default"``, or a closed-form formula (``"formula"``, a ``formula.json``, a folder with
+    one). The contender acts through the policy's env settings (a formula's: its features,
+    ``"multiplier"`` actions with its factor, a constant base); worker processes load it again
+    from ``run_dir``.
+    """
     from lrenv.policy import load_policy
 
     policy = load_policy(str(run_dir))
@@ -141,6 +148,71 @@ def load_run(run_dir: str | os.PathLike[str]) -> Contender:
     return Contender(
         name=name, policy=policy, run_dir=str(run_dir), env=policy.env_config, kind="learned", trained_on=tuple(trained_on) if trained_on else None
     )
+
+
+#: ``"format"`` of a fixed-schedule file (:func:`load_schedule_file`), and the version this lrenv reads.
+SCHEDULE_FORMAT = "lrenv-schedule"
+SCHEDULE_VERSION = 1
+
+
+def load_schedule_file(path: str | os.PathLike[str]) -> Contender:
+    """A fixed LR schedule from a JSON file, as a reference :class:`Contender` on its one task.
+
+    The file (written by a fit elsewhere, e.g. of a law or a network to a policy's LRs)::
+
+        {"format": "lrenv-schedule", "version": 1, "name": "law-fit", "task": "MNIST1D-MLP-v0",
+         "lrs": [0.1, 0.09, ...]}                 # the LR of each epoch, one per epoch of the task
+
+    ``name`` defaults to the file's stem; other keys (metadata) are ignored. In the harness the
+    LRs are applied as given (clipped to the task's ``lr_range``, as every schedule is); their
+    number must be the task's epoch budget.
+
+    Raises:
+        FileNotFoundError: There is no such file.
+        lrenv.PolicyFileError: It is not valid JSON, not a schedule file, of another version, or
+            a field is invalid (``lrs`` must be positive finite numbers); the message names the
+            file and the field.
+    """
+    from lrenv.run_dir import PolicyFileError, read_json, require_keys
+    from lrenv.task import is_real, to_float
+
+    path = Path(path)
+    data = require_keys(read_json(path), path, ("format", "version", "task", "lrs"), f"{SCHEDULE_FORMAT} file")
+    if data["format"] != SCHEDULE_FORMAT:
+        raise PolicyFileError(f"{path}: format is {data['format']!r}, not {SCHEDULE_FORMAT!r}: it is not an lrenv schedule file")
+    version = data["version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version != SCHEDULE_VERSION:
+        raise PolicyFileError(f"{path}: version {version!r}; this lrenv reads {SCHEDULE_FORMAT} version {SCHEDULE_VERSION}")
+    task, name, lrs = data["task"], data.get("name", path.stem), data["lrs"]
+    if not isinstance(task, str) or not task:
+        raise PolicyFileError(f"{path}: task must be a task name, got {task!r}")
+    if not isinstance(name, str) or not name:
+        raise PolicyFileError(f"{path}: name must be a non-empty string, got {name!r}")
+    if not isinstance(lrs, list) or not lrs:
+        raise PolicyFileError(f"{path}: lrs must be a non-empty list of learning rates (one per epoch), got {lrs!r}")
+    bad = [(i, v) for i, v in enumerate(lrs) if not (is_real(v) and 0 < to_float(v) < float("inf"))]
+    if bad:
+        i, v = bad[0]
+        raise PolicyFileError(f"{path}: lrs must be positive finite numbers; lrs[{i}] is {v!r} ({len(bad)} bad value(s))")
+    return Contender(name=name, kind="reference", tasks=(task,), lrs={task: [float(v) for v in lrs]})
+
+
+def load_contender(path: str | os.PathLike[str]) -> Contender:
+    """What ``agents.evaluate --runs`` accepts, as a :class:`Contender`.
+
+    A ``.json`` file whose ``"format"`` is ``"lrenv-schedule"`` is a fixed schedule
+    (:func:`load_schedule_file`); anything else goes to :func:`load_run`: a run or checkpoint
+    folder, ``"default"``, ``"formula"``, a formula file (``"lrenv-formula"``) or a folder
+    holding one.
+    """
+    from lrenv.run_dir import read_json
+
+    file = Path(path)
+    if file.suffix == ".json" and file.is_file():
+        data = read_json(file)
+        if isinstance(data, dict) and data.get("format") == SCHEDULE_FORMAT:
+            return load_schedule_file(file)
+    return load_run(path)
 
 
 def optimal_contender(task: Task) -> Contender | None:
