@@ -1,4 +1,7 @@
-"""The ``lrenv`` command: ``lrenv train|evaluate|demo|sweep|ship_default ARGS...`` runs ``python -m lrenv.agents.<command> ARGS...``."""
+"""The ``lrenv`` command: ``lrenv COMMAND ARGS...`` runs ``python -m lrenv.agents.<command> ARGS...``.
+
+Commands: train, evaluate, demo, sweep, ship_default, surface, distill.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ COMMANDS = {
     "demo": "the main job: train PPO, then compare it and the default policy with tuned baselines",
     "sweep": "Ray Tune over agent hyperparameters, env settings and seeds, with early stopping (ASHA)",
     "ship_default": "copy a trained run's policy into the package as the default policy",
+    "surface": "map a task's (epoch, LR) -> convergence-rate surface and the three aims; fit Psi by a loss-curve law and a network",
+    "distill": "distil a policy (or a law fit) into a closed-form formula by symbolic regression (DAgger + Operon)",
 }
 
 
