@@ -51,7 +51,7 @@ import torch
 from lrenv.agents.args import dataclass_parser
 from lrenv.env.features import FEATURE_SETS
 from lrenv.evaluation import Contender, compare, default_cache_dir, load_run, write_csv
-from lrenv.evaluation.protocol import Job, PolicyRef, Slot, env_run_seed
+from lrenv.evaluation.protocol import DISTILL_SEED_BASE, Job, PolicyRef, Slot, env_run_seed
 from lrenv.evaluation.runner import run_job
 from lrenv.formula import Formula, save_formula
 from lrenv.policy import LoadedPolicy, load_policy
@@ -59,8 +59,6 @@ from lrenv.registry import make_task
 
 #: Operon's function set: what a short LR formula plausibly needs, nothing that overflows easily.
 SYMBOLS = "add,sub,mul,div,constant,variable,exp,log,sqrt,cos,tanh"
-#: Seeds of the distillation episodes: disjoint from the harness's tuning and evaluation seeds.
-DISTILL_SEED_BASE = 30_000
 LOG_RATIO_CLIP = 20.0
 
 

@@ -51,6 +51,7 @@ import torch
 
 from lrenv.agents.args import dataclass_parser
 from lrenv.evaluation import DEFAULT_EVAL_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_SEEDS, Contender, Results, compare, default_cache_dir, load_run, write_csv
+from lrenv.evaluation.protocol import SURFACE_SEED_BASE
 from lrenv.registry import make_task
 from lrenv.surface import AIM_SHAPES, BRANCH_COLUMNS, SURFACE_COLUMNS, Surface, fit_surface_network, lr_grid, measure_aims, measure_surface
 
@@ -95,6 +96,11 @@ class Args:
 def parse_args(argv: list[str] | None = None) -> Args:
     parser = dataclass_parser(Args, "python -m agents.surface", __doc__.split("\n\n")[0])
     return Args(**vars(parser.parse_args(argv)))
+
+
+def aims_seeds(seed: int, n: int) -> list[int]:
+    """Env seeds of the aims grid, whose runs the law is fitted on: neither tuning nor evaluation seeds."""
+    return [SURFACE_SEED_BASE + 1000 * (seed + 1) + k for k in range(n)]
 
 
 def settings(args: Args) -> dict[str, Any]:
@@ -398,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grid,
         seeds=sizes["seeds"],
         branch_epochs=range(0, config.epochs, sizes["branch_every"]),
-        reference_seed=args.seed,
+        reference_seed=SURFACE_SEED_BASE + args.seed,
         device=args.device,
     )
     write_csv(out / "branches.csv", [{c: r[c] for c in BRANCH_COLUMNS} for r in surface.rows])
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = lap("surface", t)
 
     peaks = lr_grid(config.lr_range, sizes["peaks"])
-    aim_seeds = [10_000 + args.seed * 100 + s for s in range(sizes["aim_seeds"])]  # neither tuning nor evaluation seeds
+    aim_seeds = aims_seeds(args.seed, sizes["aim_seeds"])
     aims = measure_aims(name, peaks, list(AIM_SHAPES), aim_seeds)
     aims_rows = aims_table(aims)
     write_csv(out / "aims.csv", aims_rows)

@@ -105,6 +105,15 @@ def test_bad_input_is_named(tiny_task):
         surface_cli.settings(surface_cli.parse_args(["--lrs", "1"]))
 
 
+def test_fits_never_see_the_evaluation_or_tuning_runs():
+    from lrenv.agents.distill import DISTILL_SEED_BASE
+    from lrenv.evaluation.protocol import eval_seeds, tune_seeds
+
+    harness = set(eval_seeds(1000)) | set(tune_seeds(1000))
+    fitted = set(surface_cli.aims_seeds(0, 100)) | set(surface_cli.aims_seeds(7, 100)) | set(range(DISTILL_SEED_BASE, DISTILL_SEED_BASE + 9000))
+    assert not harness & fitted
+
+
 def test_surface_command_end_to_end(tmp_path):
     out = tmp_path / "surface"
     argv = ["--task", "Digits-MLP-v0", "--quick", "--lrs", "4", "--seeds", "2", "--branch-every", "7", "--peaks", "4", "--aim-seeds", "2"]

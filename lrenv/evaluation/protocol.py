@@ -26,6 +26,10 @@ DEFAULT_EVAL_SEEDS = 10
 #: the small seeds training scripts use, so no method is evaluated on runs it trained on.
 EVAL_SEED_BASE = 10_000
 TUNE_SEED_BASE = 20_000
+#: Seeds of the experiments that fit a Ψ (agents.distill's episodes, agents.surface's runs): apart
+#: from both, so a fitted schedule is never scored on the runs it was fitted to.
+DISTILL_SEED_BASE = 30_000
+SURFACE_SEED_BASE = 40_000
 DEFAULT_POPULATION = 32
 #: The name of the analytically optimal reference schedule.
 OPTIMAL = "optimal"
