@@ -3,6 +3,7 @@
 Usage::
 
     python -m agents.distill default --out runs/distill-default          # the shipped policy
+    python -m agents.distill default --out runs/distill-default --ship   # ... and ship it: load_policy("formula")
     python -m agents.distill runs/<run> --out runs/distill-run           # a trained run
     python -m agents.distill runs/surface/law_schedule.json --out runs/distill-law   # a law fit
     python -m agents.evaluate --tasks train --runs default runs/distill-default/formula.json
@@ -39,6 +40,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: parallelism co
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,11 +56,13 @@ from lrenv.evaluation import Contender, compare, default_cache_dir, load_run, wr
 from lrenv.evaluation.protocol import DISTILL_SEED_BASE, Job, PolicyRef, Slot, env_run_seed
 from lrenv.evaluation.runner import run_job
 from lrenv.formula import Formula, save_formula
-from lrenv.policy import LoadedPolicy, load_policy
+from lrenv.policy import FORMULA_POLICY_DIR, LoadedPolicy, load_policy
 from lrenv.registry import make_task
 
 #: Operon's function set: what a short LR formula plausibly needs, nothing that overflows easily.
-SYMBOLS = "add,sub,mul,div,constant,variable,exp,log,sqrt,cos,tanh"
+SYMBOLS = "add,sub,mul,div,constant,variable,square,exp,log,sqrt,cos,tanh"
+#: Among formulas this close (held-out R²) to the most accurate short one, the shortest is chosen.
+R2_TOLERANCE = 0.003
 LOG_RATIO_CLIP = 20.0
 
 
@@ -76,6 +80,7 @@ class Args:
     workers: int = field(default=2, metadata={"help": "worker processes of the check"})
     seed: int = field(default=0, metadata={"help": "seed of the episodes and of Operon"})
     quick: bool = field(default=False, metadata={"help": "a smoke run: 2 rounds, 3 episodes, 60 generations, 3 check seeds"})
+    ship: bool = field(default=False, metadata={"help": "also copy formula.json into the package as the shipped closed form (load_policy('formula'))"})
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -231,12 +236,14 @@ def _scores(formula: Formula, x: np.ndarray, y: np.ndarray, names: list[str]) ->
 
 
 def choose(candidates: list[Candidate], max_ops: int) -> Candidate:
-    """The most accurate held-out candidate with at most ``max_ops`` operations."""
+    """The shortest candidate of at most ``max_ops`` operations whose held-out R² is within
+    :data:`R2_TOLERANCE` of the best such candidate's (a shorter formula is easier to read and to trust)."""
     short = [c for c in candidates if c.length <= max_ops]
     if not short:
         raise ValueError(f"no formula of the Pareto front has at most {max_ops} operations; raise --max-ops")
     key = (lambda c: c.r2_heldout) if all(math.isfinite(c.r2_heldout) for c in short) else (lambda c: c.r2_train)
-    return max(short, key=key)
+    best = max(key(c) for c in short)
+    return min((c for c in short if key(c) >= best - R2_TOLERANCE), key=lambda c: (c.length, -key(c)))
 
 
 # -- sources --------------------------------------------------------------------------------
@@ -418,6 +425,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (out / "check.md").write_text(table)
         summary["check"] = rows
         print(table)
+    if args.ship:
+        FORMULA_POLICY_DIR.mkdir(parents=True, exist_ok=True)
+        shipped = FORMULA_POLICY_DIR / "formula.json"
+        tmp = shipped.with_name(shipped.name + ".tmp")
+        shutil.copyfile(formula_file, tmp)
+        os.replace(tmp, shipped)
+        print(f"Shipped {formula_file} as {shipped}")
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"Wrote {formula_file}, pareto.csv, pareto.png, decisions.csv, summary.json in {out}; {summary['wall_time_s']:.0f} s")
