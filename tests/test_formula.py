@@ -402,3 +402,25 @@ def test_the_cli_compares_a_formula_and_a_schedule_file(tmp_path):
 def test_formula_policy_needs_the_settings_of_its_tasks():
     with pytest.raises(ValueError, match="task_configs lacks the settings of task.s. T"):
         formula_policy(COSINE, tasks=["T"])
+
+
+def test_the_shipped_closed_form():
+    """lrenv ships the default Ψ distilled into a formula (agents.distill default --ship)."""
+    import torch
+
+    import lrenv
+
+    policy = lrenv.load_policy("formula")
+    formula = policy.model.formula
+    assert formula.operations <= 10 and "progress" in formula.variables
+    assert policy.tasks == ["MNIST1D-MLP-v0", "Digits-MLP-v0"] and policy.model.relative_factor == 30.0
+    lrs = {}
+    for base in (0.01, 1.0):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+        scheduler = lrenv.load_scheduler(optimizer, "formula", initial_train_loss=2.3, initial_valid_loss=2.3)
+        for epoch in range(20):
+            loss = 2.3 * 0.9 ** (epoch + 1)
+            scheduler.step(train_loss=loss, valid_loss=loss, train_loss_std=0.1 * loss)
+        lrs[base] = np.array(scheduler.lrs)
+    np.testing.assert_allclose(lrs[1.0], 100 * lrs[0.01], rtol=1e-9)  # scale from the user
+    assert lrs[1.0][0] > 1.0 and lrs[1.0][-1] < 0.1  # shape from Ψ: above the base early, far below it late
