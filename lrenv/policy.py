@@ -278,7 +278,9 @@ def _formula_file(path: str | Path) -> Path | None:
     if isinstance(path, str) and path == FORMULA_POLICY:
         shipped = FORMULA_POLICY_DIR / _FORMULA_FILE
         if not shipped.is_file():
-            raise FileNotFoundError(f"the shipped closed-form policy {shipped} is missing: reinstall lrenv, or regenerate it with python -m agents.distill default --ship")
+            raise FileNotFoundError(
+                f"the shipped closed-form policy {shipped} is missing: reinstall lrenv, or regenerate it with python -m agents.distill default --ship"
+            )
         return shipped
     path = Path(path)
     if path.is_dir():
