@@ -117,7 +117,8 @@ def test_fits_never_see_the_evaluation_or_tuning_runs():
 def test_surface_command_end_to_end(tmp_path):
     out = tmp_path / "surface"
     argv = ["--task", "Digits-MLP-v0", "--quick", "--lrs", "4", "--seeds", "2", "--branch-every", "7", "--peaks", "4", "--aim-seeds", "2"]
-    summary = surface_cli.main([*argv, "--workers", "0", "--no-cache", "--out", str(out)])
+    summary = surface_cli.main([*argv, "--workers", "0", "--no-cache", "--track", "--out", str(out)])
+    assert list((out / "wandb").glob("offline-run-*")), "--track logs an offline W&B run (conftest: WANDB_MODE=offline)"
     written = ("surface.csv", "branches.csv", "aims.csv", "surface.png", "aims.png", "law.png", "law.json", "law_schedule.json", "network_schedule.json")
     for name in (*written, "results.md"):
         assert (out / name).stat().st_size > 0, name
