@@ -1,0 +1,253 @@
+"""Meta-learn a closed-form Ψ: CMA-ES over the constants of a formula family, on a training distribution.
+
+Usage::
+
+    python -m agents.evolve --out runs/evolve                      # the default recipe's distribution
+    python -m agents.evolve --generations 3 --out runs/evolve-smoke
+    python -m agents.evaluate --tasks all --runs runs/evolve/formula.json
+
+RL learns Ψ as a network and :mod:`agents.distill` turns it into a formula afterwards. This
+script searches the formula directly. The family (:data:`FAMILY`) is bold driver with a memory
+and a late anneal, over the ``relative`` features::
+
+    log(α_i / α_base) = β · log(α_{i-1} / α_base) + g − a · tanh(h · Δv_i) − c · e^{k · i/T}
+
+- With β = 1 the LR integrates: it grows by ``g`` per epoch and reacts to the last change of
+  validation loss ``Δv_i = log(L_i / L_{i-1})`` the way bold driver does (up when the loss
+  fell, down when it rose).
+- With β < 1 it is pulled back to a level.
+- The last term anneals.
+
+Six constants (β, g, a, h, c, k) are searched by CMA-ES (the ``cma`` package) in a box.
+
+- **Candidates.** Each generation's candidates run on the same fresh seeds of every training
+  variant (paired: their differences are free of seed noise), with the base LR set off by up to
+  ``base_lr_spread`` either way.
+- **Fitness.** Each candidate's mean return log(L_0 / L_T) is ranked among the candidates per
+  variant, and the centred ranks are averaged over variants. No task's scale or a divergence
+  dominates.
+- **Validation.** Every ``--eval-every`` generations the CMA-ES mean is scored on fixed
+  validation seeds (base LRs not set off, as the harness runs), and the best one is kept.
+- **Seeds** come from their own bases, never the harness's tuning or evaluation seeds.
+
+Writes ``formula.json`` (loadable by ``lrenv.load_policy`` / ``load_scheduler`` /
+``agents.evaluate --runs``), ``generations.csv`` (every generation's fitness, validation, inner
+epochs and seconds) and ``evolve.png``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: parallelism comes from processes and batching
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from lrenv.agents.args import dataclass_parser
+from lrenv.env.config import EnvConfig
+from lrenv.evaluation import write_csv
+from lrenv.evaluation.executor import ProcessPool
+from lrenv.evaluation.protocol import Job, PolicyRef, Slot, env_run_seed
+from lrenv.evaluation.runner import Episode, run_job
+from lrenv.formula import formula_policy, save_formula
+from lrenv.registry import make_task
+
+#: The formula family: a template over the ``relative`` features and a box for each constant.
+FAMILY = "exp({beta}*lr_ratio + {grow} - {react}*tanh({sharp}*valid_loss_change) - {anneal}*exp({speed}*progress))"
+BOUNDS: dict[str, tuple[float, float]] = {
+    "beta": (0.0, 1.0),
+    "grow": (-0.5, 0.5),
+    "react": (0.0, 1.0),
+    "sharp": (0.0, 20.0),
+    "anneal": (0.0, 1.0),
+    "speed": (0.0, 8.0),
+}
+#: Where the search starts: the base LR, constant (no growth, no reaction, no anneal).
+START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
+#: Seeds of the search (training) and of its validation: apart from the harness's tuning and evaluation seeds.
+TRAIN_SEED_BASE = 60_000
+VALID_SEED_BASE = 70_000
+
+
+@dataclass
+class Args:
+    config: str = field(default="agents/configs/default.yaml", metadata={"help": "a training config whose populations and env are the distribution"})
+    out: str = field(default="runs/evolve", metadata={"help": "output folder"})
+    generations: int = field(default=30, metadata={"help": "CMA-ES generations"})
+    popsize: int = field(default=10, metadata={"help": "candidates per generation"})
+    seeds: int = field(default=3, metadata={"help": "fresh seeds per variant and generation"})
+    sigma: float = field(default=0.25, metadata={"help": "CMA-ES initial step, in units of each constant's box"})
+    eval_every: int = field(default=3, metadata={"help": "generations between validations of the CMA-ES mean"})
+    eval_seeds: int = field(default=4, metadata={"help": "validation seeds per variant"})
+    workers: int = field(default=2, metadata={"help": "worker processes (0: this process)"})
+    seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = dataclass_parser(Args, "python -m agents.evolve", __doc__.split("\n\n")[0])
+    args = Args(**vars(parser.parse_args(argv)))
+    for key in ("generations", "popsize", "seeds", "eval_every", "eval_seeds"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if args.popsize < 4:
+        raise ValueError(f"--popsize must be at least 4 for CMA-ES, got {args.popsize}")
+    return args
+
+
+def expression(constants: dict[str, float]) -> str:
+    """The family's formula for these constants."""
+    return FAMILY.format(**{k: f"{v:.6g}" for k, v in constants.items()})
+
+
+def to_constants(x: np.ndarray) -> dict[str, float]:
+    """CMA-ES works in the unit box; a point of it as the family's constants."""
+    return {name: lo + (hi - lo) * float(np.clip(v, 0.0, 1.0)) for (name, (lo, hi)), v in zip(BOUNDS.items(), x)}
+
+
+def to_unit(constants: dict[str, float]) -> np.ndarray:
+    return np.array([(constants[name] - lo) / (hi - lo) for name, (lo, hi) in BOUNDS.items()])
+
+
+def read_distribution(path: str) -> tuple[list[tuple[str, dict[str, Any]]], EnvConfig]:
+    """The populations ``(task, task_config)`` of a training config, and the formula's env settings."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the config {path}: {exc}") from exc
+    populations = (config or {}).get("populations") or [{"task": t} for t in (config or {}).get("tasks", [])]
+    if not populations:
+        raise ValueError(f"{path} names no populations (or tasks): nothing to search on")
+    env = dict(config.get("env") or {})
+    settings = EnvConfig(
+        features="relative",
+        action_mode="multiplier",
+        relative_factor=float(env.get("relative_factor", 30.0)),
+        base_shape="constant",
+        base_lr_spread=float(env.get("base_lr_spread", 1.0)),
+        divergence_penalty=float(env.get("divergence_penalty", 2.0)),
+    )
+    return [(p["task"], dict(p.get("task_config") or {})) for p in populations], settings
+
+
+def run_candidates(exprs: list[str], variants: list, env: EnvConfig, seeds: list[int], pool: ProcessPool | None) -> tuple[np.ndarray, int]:
+    """Mean return of each candidate on each variant ``[C, V]`` over ``seeds``, and the inner epochs spent."""
+    policies = [formula_policy(e, relative_factor=env.relative_factor) for e in exprs]
+    jobs = []
+    for task, overrides in variants:
+        slots = [Slot(f"c{c}", (), s, "train", PolicyRef("object", name=f"c{c}", obj=p)) for c, p in enumerate(policies) for s in seeds]
+        jobs.append(Job(task, env.replace(task_config=overrides or None), slots))
+    if pool is None:
+        results = [run_job(job) for job in jobs]
+    else:
+        handles = [pool.submit(job) for job in jobs]
+        results = [[Episode(**d) for d in pool.result(h)] for h in handles]
+    scores = np.zeros((len(exprs), len(variants)))
+    epochs = 0
+    for v, episodes in enumerate(results):
+        for c in range(len(exprs)):
+            mine = [e for e in episodes if e.method == f"c{c}"]
+            scores[c, v] = np.mean([e.score for e in mine])
+        epochs += sum(e.epochs for e in episodes)
+    return scores, epochs
+
+
+def centred_ranks(scores: np.ndarray) -> np.ndarray:
+    """Per variant (column), ranks of the candidates scaled to [-0.5, 0.5]; averaged over variants."""
+    ranks = scores.argsort(0).argsort(0) / max(len(scores) - 1, 1) - 0.5
+    return ranks.mean(1)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import cma
+
+    torch.set_num_threads(1)
+    args = parse_args(argv)
+    start = time.perf_counter()
+    variants, env = read_distribution(args.config)
+    valid_env = env.replace(base_lr_spread=1.0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"CMA-ES over {len(BOUNDS)} constants of {FAMILY}", flush=True)
+    print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
+    strategy = cma.CMAEvolutionStrategy(to_unit(START), args.sigma, {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9})
+    pool = ProcessPool(args.workers) if args.workers > 0 else None
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, float], int] = (-np.inf, START, -1)
+    spent = 0
+    valid_seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + k) for k in range(args.eval_seeds)]
+    try:
+        for g in range(args.generations):
+            t = time.perf_counter()
+            xs = strategy.ask()
+            seeds = [env_run_seed(TRAIN_SEED_BASE + 10_000 * args.seed + g * args.seeds + k) for k in range(args.seeds)]
+            scores, epochs = run_candidates([expression(to_constants(x)) for x in xs], variants, env, seeds, pool)
+            spent += epochs
+            fitness = centred_ranks(scores)
+            strategy.tell(xs, list(-fitness))  # cma minimises
+            row: dict[str, Any] = {"generation": g, "best_fitness": float(fitness.max()), "mean_return": float(scores.mean()), "inner_epochs": spent}
+            if g % args.eval_every == args.eval_every - 1 or g == args.generations - 1:
+                mean = to_constants(strategy.mean)
+                valid, epochs = run_candidates([expression(mean)], variants, valid_env, valid_seeds, pool)
+                spent += epochs
+                per_variant = {f"valid_{v}": float(valid[0, v]) for v in range(len(variants))}
+                row.update({"validation_return": float(valid.mean()), **per_variant, "inner_epochs": spent})
+                if valid.mean() > best[0]:
+                    best = (float(valid.mean()), mean, g)
+            row.update({k: round(v, 4) for k, v in to_constants(strategy.mean).items()})
+            row["seconds"] = round(time.perf_counter() - t, 1)
+            rows.append(row)
+            write_csv(out / "generations.csv", rows)
+            note = f", validation {row['validation_return']:.4f}" if "validation_return" in row else ""
+            print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+    constants = best[1]
+    tasks = list(dict.fromkeys(t for t, _ in variants))
+    configs = {t: make_task(t, **next(o for n, o in variants if n == t)).config for t in tasks}
+    wall = time.perf_counter() - start
+    fit = {"validation_return": best[0], "generation": best[2], "constants": constants, "inner_epochs": spent, "wall_time_s": round(wall, 1)}
+    domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": FAMILY, "bounds": BOUNDS}
+    path = save_formula(
+        out / "formula.json", expression(constants), name=f"evolved-{Path(args.config).stem}", relative_factor=env.relative_factor,
+        tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --seed {args.seed}",
+    )  # fmt: skip
+    plot(rows, out / "evolve.png")
+    (out / "summary.json").write_text(json.dumps(fit, indent=2))
+    print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {expression(constants)}")
+    print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
+    return fit
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["inner_epochs"] for r in rows], [r["mean_return"] for r in rows], ".-", label="candidates' mean return (training seeds)")
+    valid = [r for r in rows if "validation_return" in r]
+    ax.plot([r["inner_epochs"] for r in valid], [r["validation_return"] for r in valid], "o-", label="CMA-ES mean, validation seeds")
+    ax.set_xlabel("inner epochs")
+    ax.set_ylabel("return log(L_0 / L_T), mean over variants")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as exc:  # bad input: a clear message, no traceback
+        sys.exit(f"error: {exc}")
