@@ -190,7 +190,7 @@ def symbolic_fit(x: np.ndarray, y: np.ndarray, held: np.ndarray, names: list[str
     try:
         from pyoperon.sklearn import SymbolicRegressor
     except ImportError as exc:
-        raise SystemExit('agents.distill needs pyoperon: pip install "lrenv[distill]" (or pip install pyoperon)') from exc
+        raise SystemExit('agents.distill needs pyoperon: pip install "lrenv[fit]" (or pip install pyoperon)') from exc
 
     regressor = SymbolicRegressor(
         allowed_symbols=SYMBOLS,

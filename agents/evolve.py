@@ -167,7 +167,10 @@ def centred_ranks(scores: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import cma
+    try:
+        import cma
+    except ImportError as exc:
+        raise SystemExit('agents.evolve needs cma: pip install "lrenv[fit]" (or pip install cma)') from exc
 
     torch.set_num_threads(1)
     args = parse_args(argv)
