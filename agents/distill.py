@@ -5,7 +5,7 @@ Usage::
     python -m agents.distill default --out runs/distill-default          # the shipped policy
     python -m agents.distill default --out runs/distill-default --ship   # ... and ship it: load_policy("formula")
     python -m agents.distill runs/<run> --out runs/distill-run           # a trained run
-    python -m agents.distill runs/surface/law_schedule.json --out runs/distill-law   # a law fit
+    python -m agents.distill runs/surface/law.json --out runs/distill-law   # a law fit (or its law_schedule.json)
     python -m agents.evaluate --tasks train --runs default runs/distill-default/formula.json
 
 The target is ``log(α_i / α_base)``: the policy's LR over the base LR (the optimizer's LR; the
@@ -285,13 +285,15 @@ def distil_policy(policy: LoadedPolicy, args: Args, log: list[dict[str, Any]]) -
 
 
 def read_schedule(path: Path) -> dict[str, Any]:
-    """An ``lrenv-schedule`` file (a law fit's or a network's optimal schedule)."""
+    """A fixed schedule: an ``lrenv-schedule`` file, or a law fit (``law.json``) and its optimal schedule."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not a readable JSON file: {exc}") from exc
+    if isinstance(data, dict) and data.get("format") == "lrenv-law" and "optimal_lrs" in data:
+        return {"format": "lrenv-schedule", "name": f"law-{data['task']}", "task": data["task"], "lrs": data["optimal_lrs"]}
     if not isinstance(data, dict) or data.get("format") != "lrenv-schedule":
-        raise ValueError(f"{path} is not an lrenv-schedule file (a law fit or network schedule from agents.surface)")
+        raise ValueError(f"{path} is neither an lrenv-schedule file nor a law fit (law.json, law_schedule.json or network_schedule.json from agents.surface)")
     return data
 
 

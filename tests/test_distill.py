@@ -83,7 +83,10 @@ def test_distil_a_schedule_file(tmp_path):
 def test_bad_sources_are_named(tmp_path):
     wrong = tmp_path / "x.json"
     wrong.write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(ValueError, match="not an lrenv-schedule file"):
+    law = tmp_path / "law.json"
+    law.write_text(json.dumps({"format": "lrenv-law", "version": 1, "task": "Digits-MLP-v0", "optimal_lrs": [0.1] * 20}))
+    assert distill.read_schedule(law) == {"format": "lrenv-schedule", "name": "law-Digits-MLP-v0", "task": "Digits-MLP-v0", "lrs": [0.1] * 20}
+    with pytest.raises(ValueError, match="neither an lrenv-schedule file nor a law fit"):
         distill.main([str(wrong), "--out", str(tmp_path / "o"), "--check-seeds", "0"])
     with pytest.raises(ValueError, match="--rounds must be at least 1"):
         distill.parse_args(["--rounds", "0"])
