@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "task": name,
         "sizes": sizes,
         "run_epochs": {
-            "surface": len(surface.rows) and int(sum(config.epochs - e for e in surface.branch_epochs) * len(grid) * sizes["seeds"]),
+            "surface": int(sum(config.epochs - e for e in surface.branch_epochs) * len(grid) * sizes["seeds"]) + config.epochs,
             "aims": len(aims) * config.epochs,
         },
         "short_horizon_bias": {
