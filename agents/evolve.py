@@ -90,6 +90,7 @@ class Args:
     eval_seeds: int = field(default=4, metadata={"help": "validation seeds per variant"})
     workers: int = field(default=2, metadata={"help": "worker processes (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
+    bound: list[str] = field(default_factory=list, metadata={"help": "narrow a constant's box, e.g. sharp=0,4 (repeatable)", "metavar": "NAME=LO,HI"})
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -100,7 +101,25 @@ def parse_args(argv: list[str] | None = None) -> Args:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.popsize < 4:
         raise ValueError(f"--popsize must be at least 4 for CMA-ES, got {args.popsize}")
+    bounds(args.bound)  # checked here, before any episode runs
     return args
+
+
+def bounds(overrides: list[str]) -> dict[str, tuple[float, float]]:
+    """:data:`BOUNDS` with ``NAME=LO,HI`` overrides, each inside the family's own box."""
+    out = dict(BOUNDS)
+    for text in overrides:
+        name, _, values = text.partition("=")
+        try:
+            lo, hi = (float(v) for v in values.split(","))
+        except ValueError:
+            raise ValueError(f"--bound {text!r}: write NAME=LO,HI, e.g. sharp=0,4") from None
+        if name not in BOUNDS:
+            raise ValueError(f"--bound {text!r}: unknown constant {name!r}; the family has {', '.join(BOUNDS)}")
+        if not BOUNDS[name][0] <= lo < hi <= BOUNDS[name][1]:
+            raise ValueError(f"--bound {text!r}: need {BOUNDS[name][0]} <= LO < HI <= {BOUNDS[name][1]}")
+        out[name] = (lo, hi)
+    return out
 
 
 def expression(constants: dict[str, float]) -> str:
@@ -108,13 +127,13 @@ def expression(constants: dict[str, float]) -> str:
     return FAMILY.format(**{k: f"{v:.6g}" for k, v in constants.items()})
 
 
-def to_constants(x: np.ndarray) -> dict[str, float]:
+def to_constants(x: np.ndarray, box: dict[str, tuple[float, float]] = BOUNDS) -> dict[str, float]:
     """CMA-ES works in the unit box; a point of it as the family's constants."""
-    return {name: lo + (hi - lo) * float(np.clip(v, 0.0, 1.0)) for (name, (lo, hi)), v in zip(BOUNDS.items(), x)}
+    return {name: lo + (hi - lo) * float(np.clip(v, 0.0, 1.0)) for (name, (lo, hi)), v in zip(box.items(), x)}
 
 
-def to_unit(constants: dict[str, float]) -> np.ndarray:
-    return np.array([(constants[name] - lo) / (hi - lo) for name, (lo, hi) in BOUNDS.items()])
+def to_unit(constants: dict[str, float], box: dict[str, tuple[float, float]] = BOUNDS) -> np.ndarray:
+    return np.array([float(np.clip((constants[name] - lo) / (hi - lo), 0.0, 1.0)) for name, (lo, hi) in box.items()])
 
 
 def read_distribution(path: str) -> tuple[list[tuple[str, dict[str, Any]]], EnvConfig]:
@@ -181,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     print(f"CMA-ES over {len(BOUNDS)} constants of {FAMILY}", flush=True)
     print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
-    strategy = cma.CMAEvolutionStrategy(to_unit(START), args.sigma, {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9})
+    box = bounds(args.bound)
+    strategy = cma.CMAEvolutionStrategy(to_unit(START, box), args.sigma, {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9})
     pool = ProcessPool(args.workers) if args.workers > 0 else None
     rows: list[dict[str, Any]] = []
     best: tuple[float, dict[str, float], int] = (-np.inf, START, -1)
@@ -192,24 +212,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t = time.perf_counter()
             xs = strategy.ask()
             seeds = [env_run_seed(TRAIN_SEED_BASE + 10_000 * args.seed + g * args.seeds + k) for k in range(args.seeds)]
-            scores, epochs = run_candidates([expression(to_constants(x)) for x in xs], variants, env, seeds, pool)
+            scores, epochs = run_candidates([expression(to_constants(x, box)) for x in xs], variants, env, seeds, pool)
             spent += epochs
             fitness = centred_ranks(scores)
             strategy.tell(xs, list(-fitness))  # cma minimises
             row: dict[str, Any] = {"generation": g, "best_fitness": float(fitness.max()), "mean_return": float(scores.mean()), "inner_epochs": spent}
+            row.update({"validation_return": float("nan"), **{f"valid_{v}": float("nan") for v in range(len(variants))}})  # every row has every column
             if g % args.eval_every == args.eval_every - 1 or g == args.generations - 1:
-                mean = to_constants(strategy.mean)
+                mean = to_constants(strategy.mean, box)
                 valid, epochs = run_candidates([expression(mean)], variants, valid_env, valid_seeds, pool)
                 spent += epochs
                 per_variant = {f"valid_{v}": float(valid[0, v]) for v in range(len(variants))}
                 row.update({"validation_return": float(valid.mean()), **per_variant, "inner_epochs": spent})
                 if valid.mean() > best[0]:
                     best = (float(valid.mean()), mean, g)
-            row.update({k: round(v, 4) for k, v in to_constants(strategy.mean).items()})
+            row.update({k: round(v, 4) for k, v in to_constants(strategy.mean, box).items()})
             row["seconds"] = round(time.perf_counter() - t, 1)
             rows.append(row)
             write_csv(out / "generations.csv", rows)
-            note = f", validation {row['validation_return']:.4f}" if "validation_return" in row else ""
+            note = f", validation {row['validation_return']:.4f}" if np.isfinite(row["validation_return"]) else ""
             print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
     finally:
         if pool is not None:
@@ -219,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configs = {t: make_task(t, **next(o for n, o in variants if n == t)).config for t in tasks}
     wall = time.perf_counter() - start
     fit = {"validation_return": best[0], "generation": best[2], "constants": constants, "inner_epochs": spent, "wall_time_s": round(wall, 1)}
-    domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": FAMILY, "bounds": BOUNDS}
+    domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": FAMILY, "bounds": box}
     path = save_formula(
         out / "formula.json", expression(constants), name=f"evolved-{Path(args.config).stem}", relative_factor=env.relative_factor,
         tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --seed {args.seed}",
@@ -239,7 +260,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["inner_epochs"] for r in rows], [r["mean_return"] for r in rows], ".-", label="candidates' mean return (training seeds)")
-    valid = [r for r in rows if "validation_return" in r]
+    valid = [r for r in rows if np.isfinite(r["validation_return"])]
     ax.plot([r["inner_epochs"] for r in valid], [r["validation_return"] for r in valid], "o-", label="CMA-ES mean, validation seeds")
     ax.set_xlabel("inner epochs")
     ax.set_ylabel("return log(L_0 / L_T), mean over variants")

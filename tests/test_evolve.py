@@ -44,10 +44,15 @@ def test_search_writes_a_loadable_formula(tmp_path):
     assert policy.model.relative_factor == 30.0 and policy.tasks == ["Digits-MLP-v0"]
     assert fit["inner_epochs"] == 2 * (4 * 3 + 4 * 4) + 2 * (3 + 4)  # candidates, then one validation per generation
     rows = (out / "generations.csv").read_text().splitlines()
-    assert len(rows) == 3 and "validation_return" in rows[0]
+    assert len(rows) == 3 and "validation_return" in rows[0] and "nan" not in rows[1] + rows[2]  # validated every generation
 
 
 def test_bad_settings_are_named(tmp_path):
+    assert evolve.bounds(["sharp=0,4"])["sharp"] == (0.0, 4.0)
+    with pytest.raises(ValueError, match="unknown constant 'speedy'"):
+        evolve.parse_args(["--bound", "speedy=0,1"])
+    with pytest.raises(ValueError, match="need 0.0 <= LO < HI <= 20.0"):
+        evolve.parse_args(["--bound", "sharp=0,40"])
     with pytest.raises(ValueError, match="--popsize must be at least 4"):
         evolve.parse_args(["--popsize", "2"])
     empty = tmp_path / "empty.yaml"
