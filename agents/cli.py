@@ -25,7 +25,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
-        lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
         print("usage: lrenv COMMAND [ARGS...]   (lrenv COMMAND --help for its options)\n\ncommands:\n" + "\n".join(lines))
         return
     command, rest = args[0], args[1:]
