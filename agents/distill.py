@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m agents.distill default --out runs/distill-default          # the shipped policy
-    python -m agents.distill default --out runs/distill-default --ship   # ... and ship it: load_policy("formula")
+    python -m agents.distill ars --out runs/distill-ars                  # the shipped RL policy
+    python -m agents.distill ars --out runs/distill-ars --ship           # ... and ship it: load_policy("formula")
     python -m agents.distill runs/<run> --out runs/distill-run           # a trained run
     python -m agents.distill runs/surface/law.json --out runs/distill-law   # a law fit (or its law_schedule.json)
     python -m agents.evaluate --tasks train --runs default runs/distill-default/formula.json
@@ -40,7 +40,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: parallelism co
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from lrenv.evaluation import Contender, compare, default_cache_dir, load_run, wr
 from lrenv.evaluation.protocol import DISTILL_SEED_BASE, Job, PolicyRef, Slot, env_run_seed
 from lrenv.evaluation.runner import run_job
 from lrenv.formula import Formula, save_formula
-from lrenv.policy import FORMULA_POLICY_DIR, LoadedPolicy, load_policy
+from lrenv.policy import FORMULA_POLICY, FORMULA_POLICY_DIR, LoadedPolicy, load_policy
 from lrenv.registry import make_task
 
 #: Operon's function set: what a short LR formula plausibly needs, nothing that overflows easily.
@@ -68,7 +67,9 @@ LOG_RATIO_CLIP = 20.0
 
 @dataclass
 class Args:
-    policy: str = field(default="default", metadata={"help": "default, a run folder, or a law fit / schedule file (lrenv-schedule JSON)", "positional": True})
+    policy: str = field(
+        default="ars", metadata={"help": "ars (the shipped RL policy), default, a run folder, or a law fit / schedule file", "positional": True}
+    )
     out: str = field(default="runs/distill", metadata={"help": "output folder"})
     rounds: int = field(default=3, metadata={"help": "DAgger rounds (1: the policy's own trajectories only)"})
     episodes: int = field(default=8, metadata={"help": "episodes per training variant and round"})
@@ -430,8 +431,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.ship:
         FORMULA_POLICY_DIR.mkdir(parents=True, exist_ok=True)
         shipped = FORMULA_POLICY_DIR / "formula.json"
+        data = json.loads(formula_file.read_text())
+        data["name"] = FORMULA_POLICY
         tmp = shipped.with_name(shipped.name + ".tmp")
-        shutil.copyfile(formula_file, tmp)
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, shipped)
         print(f"Shipped {formula_file} as {shipped}")
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)

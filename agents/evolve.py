@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m agents.evolve --out runs/evolve                      # the default recipe's distribution
+    python -m agents.evolve --bound beta=0.8,1 --ship --out runs/evolve   # the shipped default Ψ (~8 min)
+    python -m agents.evolve --out runs/evolve                      # the whole family
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve/formula.json
 
@@ -59,6 +60,7 @@ from lrenv.evaluation.executor import ProcessPool
 from lrenv.evaluation.protocol import Job, PolicyRef, Slot, env_run_seed
 from lrenv.evaluation.runner import Episode, run_job
 from lrenv.formula import formula_policy, save_formula
+from lrenv.policy import DEFAULT_POLICY, DEFAULT_POLICY_DIR
 from lrenv.registry import make_task
 
 #: The formula family: a template over the ``relative`` features and a box for each constant.
@@ -90,6 +92,7 @@ class Args:
     eval_seeds: int = field(default=4, metadata={"help": "validation seeds per variant"})
     workers: int = field(default=2, metadata={"help": "worker processes (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
+    ship: bool = field(default=False, metadata={"help": "also install formula.json as the package's default Ψ (load_policy('default'))"})
     bound: list[str] = field(default_factory=list, metadata={"help": "narrow a constant's box, e.g. sharp=0,4 (repeatable)", "metavar": "NAME=LO,HI"})
 
 
@@ -245,6 +248,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out / "formula.json", expression(constants), name=f"evolved-{Path(args.config).stem}", relative_factor=env.relative_factor,
         tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --seed {args.seed}",
     )  # fmt: skip
+    if args.ship:
+        shipped = DEFAULT_POLICY_DIR / "formula.json"
+        DEFAULT_POLICY_DIR.mkdir(parents=True, exist_ok=True)
+        data = json.loads(path.read_text())
+        data.update(name=DEFAULT_POLICY, source=f"python -m agents.evolve {' '.join(argv if argv is not None else sys.argv[1:])}")
+        tmp = shipped.with_name(shipped.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, shipped)
+        print(f"Shipped it as {shipped}")
     plot(rows, out / "evolve.png")
     (out / "summary.json").write_text(json.dumps(fit, indent=2))
     print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {expression(constants)}")

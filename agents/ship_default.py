@@ -1,14 +1,16 @@
-"""Ship a trained run as lrenv's default policy: copy its plain-data policy files into the package.
+"""Ship a trained run inside the package: copy its plain-data policy files, as the shipped RL policy ``"ars"``.
 
 Usage::
 
-    python -m agents.train --config agents/configs/default.yaml --seed 0     # ~1 hour on 2 CPU cores
-    python -m agents.ship_default runs/<that run>                            # -> lrenv/policies/default/
+    python -m agents.train --config agents/configs/default.yaml --seed 0     # ~20 minutes on 2 CPU cores
+    python -m agents.ship_default runs/<that run>                            # -> lrenv/policies/ars/
+
+(The default Ψ itself, ``lrenv/policies/default/``, is a formula shipped by ``agents.evolve --ship``.)
 
 Copies ``policy.json``, ``policy.safetensors``, ``normalization.json`` (when the run has one)
 and ``config.json`` (with the run's own folder path dropped), after loading the run with
 :func:`lrenv.load_policy` to check that it is complete. The files hold numbers and JSON only:
-``lrenv.load_policy("default")`` runs no code from them.
+``lrenv.load_policy("ars")`` runs no code from them.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import json
 import shutil
 from pathlib import Path
 
-from lrenv.policy import DEFAULT_POLICY_DIR, load_policy
+from lrenv.policy import ARS_POLICY, ARS_POLICY_DIR, load_policy
 from lrenv.run_dir import RunDir, atomic_path
 
 #: The most the shipped files may weigh together.
 MAX_BYTES = 1_000_000
 
 
-def ship(run_dir: Path, to: Path = DEFAULT_POLICY_DIR) -> list[Path]:
+def ship(run_dir: Path, to: Path = ARS_POLICY_DIR) -> list[Path]:
     """Copy the run's policy into ``to``; returns the files written.
 
     Raises:
@@ -35,7 +37,7 @@ def ship(run_dir: Path, to: Path = DEFAULT_POLICY_DIR) -> list[Path]:
     names = [RunDir.POLICY, RunDir.WEIGHTS] + ([RunDir.NORMALIZATION] if policy.normalization is not None else [])
     size = sum((run_dir / n).stat().st_size for n in names)
     if size > MAX_BYTES:
-        raise ValueError(f"the policy of {run_dir} takes {size} bytes; the default policy must stay under {MAX_BYTES}")
+        raise ValueError(f"the policy of {run_dir} takes {size} bytes; a shipped policy must stay under {MAX_BYTES}")
     to.mkdir(parents=True, exist_ok=True)
     for stale in to.glob("*.json"):
         if stale.name not in names + [RunDir.CONFIG]:
@@ -46,7 +48,7 @@ def ship(run_dir: Path, to: Path = DEFAULT_POLICY_DIR) -> list[Path]:
             shutil.copyfile(run_dir / name, tmp)
         written.append(to / name)
     config = {k: v for k, v in policy.config.items() if k not in ("run_dir",)}
-    config["name"] = "default"
+    config["name"] = ARS_POLICY
     config["shipped_from"] = "/".join(run_dir.resolve().parts[-2:]) if run_dir.name == RunDir.BEST else run_dir.name
     with atomic_path(to / RunDir.CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
@@ -57,7 +59,7 @@ def ship(run_dir: Path, to: Path = DEFAULT_POLICY_DIR) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished run folder of agents.train")
-    parser.add_argument("--to", default=str(DEFAULT_POLICY_DIR), help="where the default policy lives (default: inside the package)")
+    parser.add_argument("--to", default=str(ARS_POLICY_DIR), help="where the shipped RL policy lives (default: inside the package)")
     args = parser.parse_args(argv)
     try:
         written = ship(Path(args.run_dir), Path(args.to))

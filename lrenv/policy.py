@@ -35,6 +35,7 @@ from lrenv.run_dir import ObsNormalization, PolicyFileError, RunDir, atomic_path
 
 __all__ = [
     "ALGORITHMS",
+    "ARS_POLICY",
     "DEFAULT_POLICY",
     "FORMULA_POLICY",
     "POLICY_FORMAT",
@@ -199,13 +200,15 @@ class LoadedPolicy:
         return f"LoadedPolicy(name={self.name!r}, path='{self.path}')"
 
 
-#: The name of the policy shipped inside the package (``load_policy("default")``).
+#: The policies shipped inside the package, by name: ``"default"`` (the default Ψ, a formula
+#: meta-learned by ``agents.evolve``), ``"ars"`` (the policy trained with RL by ``agents.train
+#: --config agents/configs/default.yaml``) and ``"formula"`` (the closed form of ``"ars"``
+#: distilled by ``agents.distill``).
 DEFAULT_POLICY = "default"
-#: Where the shipped default policy's files live.
-DEFAULT_POLICY_DIR = Path(__file__).parent / "policies" / DEFAULT_POLICY
-#: The name of the closed-form policy shipped inside the package (``load_policy("formula")``).
+ARS_POLICY = "ars"
 FORMULA_POLICY = "formula"
-#: Where the shipped closed-form policy's ``formula.json`` lives.
+DEFAULT_POLICY_DIR = Path(__file__).parent / "policies" / DEFAULT_POLICY
+ARS_POLICY_DIR = Path(__file__).parent / "policies" / ARS_POLICY
 FORMULA_POLICY_DIR = Path(__file__).parent / "policies" / FORMULA_POLICY
 #: ``"format"`` of a closed-form policy's JSON file (:mod:`lrenv.formula`), and its file name in a folder.
 _FORMULA_FORMAT = "lrenv-formula"
@@ -220,8 +223,8 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
     ``formula.json`` and checked against a fixed grammar: no code runs either.
 
     Args:
-        path: ``"default"`` for the policy shipped with lrenv (a folder of that name is
-            ``"./default"``), ``"formula"`` for the shipped closed form; or ``runs/<run>``,
+        path: ``"default"``, ``"ars"`` or ``"formula"`` for the policies shipped with lrenv (a
+            folder of such a name is ``"./default"``); or ``runs/<run>``,
             ``runs/<run>/checkpoints/step_<N>`` or the ``policy.json`` in either; a formula
             file (a ``.json`` file whose ``"format"`` is ``"lrenv-formula"``) or a folder that
             holds a ``formula.json`` and no ``policy.json``; with ``trust=True`` also an SB3
@@ -240,13 +243,13 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
         PolicyFileError: A file is damaged, incomplete or of a format this lrenv cannot read;
             the message names it.
     """
+    if isinstance(path, str) and path in (DEFAULT_POLICY, ARS_POLICY):
+        path = shipped_policy_dir(path)
     formula_file = _formula_file(path)
     if formula_file is not None:
         from lrenv.formula import load_formula  # lrenv.formula builds on this module
 
         return load_formula(formula_file)
-    if isinstance(path, str) and path == DEFAULT_POLICY:
-        path = DEFAULT_POLICY_DIR
     folder, zip_file = _locate(Path(path), trust)
     config_file = RunDir.find_config(folder)
     config = RunDir.read_config_file(config_file)
@@ -270,6 +273,14 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
         raise PolicyFileError(f"the policy in {folder} observes {obs_shape}, but {config_file} says features {env.features!r}: {n_features} of them")
     name = config.get("name") or f"{config['algo']}-{'+'.join(config['tasks'])}-s{config['seed']}"
     return LoadedPolicy(model=model, config=config, normalization=normalization, name=str(name), path=folder, timesteps=timesteps)
+
+
+def shipped_policy_dir(name: str) -> Path:
+    """The folder of a policy shipped inside the package (``"default"``, ``"ars"``, ``"formula"``)."""
+    folder = {DEFAULT_POLICY: DEFAULT_POLICY_DIR, ARS_POLICY: ARS_POLICY_DIR, FORMULA_POLICY: FORMULA_POLICY_DIR}[name]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the shipped policy {name!r} ({folder}) is missing: reinstall lrenv")
+    return folder
 
 
 def _formula_file(path: str | Path) -> Path | None:

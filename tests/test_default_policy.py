@@ -1,4 +1,5 @@
-"""The default Ψ shipped inside the package: loads from plain data, scales with the user's LR, evaluates, ships."""
+"""The policies shipped inside the package: the default Ψ (a formula meta-learned by agents.evolve) and the
+RL policy "ars"; they load from plain data, scale with the user's LR, evaluate, ship."""
 
 import csv
 import json
@@ -11,27 +12,37 @@ from conftest import TinyClassifier
 import lrenv
 from lrenv.agents import ship_default, train
 from lrenv.agents.config import CONFIG_DIR
-from lrenv.policy import DEFAULT_POLICY_DIR
+from lrenv.policy import ARS_POLICY_DIR, DEFAULT_POLICY_DIR
 
 # a fixed loss history: the observations, and so the policy's factors, are the same for every base LR
 LOSSES = [(2.3, 2.31), (1.2, 1.3), (0.8, 0.95), (0.6, 0.85), (0.5, 0.84), (0.42, 0.86), (0.38, 0.9), (0.35, 0.93)]
 
 
 def test_the_default_policy_is_small_plain_data_and_loads_by_name():
-    files = sorted(p.name for p in DEFAULT_POLICY_DIR.iterdir())
-    assert files == sorted(["config.json", "policy.json", "policy.safetensors"] + (["normalization.json"] if "normalization.json" in files else []))
-    assert sum(p.stat().st_size for p in DEFAULT_POLICY_DIR.iterdir()) <= 1_000_000
+    assert [p.name for p in DEFAULT_POLICY_DIR.iterdir()] == ["formula.json"]
     policy = lrenv.load_policy("default")
-    assert policy.name == "default" and policy.config["algo"] == "ars"
+    assert policy.name == "default" and policy.config["algo"] == "formula"
+    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features == "relative"
+    assert policy.model.formula.operations <= 20 and "agents.evolve" in policy.config["source"]
+    fit = json.loads((DEFAULT_POLICY_DIR / "formula.json").read_text())["fit"]
+    assert fit["inner_epochs"] <= 200_000 and fit["wall_time_s"] <= 3600  # the meta-training budget
+
+
+def test_the_shipped_rl_policy_is_small_plain_data_and_loads_by_name():
+    files = sorted(p.name for p in ARS_POLICY_DIR.iterdir())
+    assert files == sorted(["config.json", "policy.json", "policy.safetensors"] + (["normalization.json"] if "normalization.json" in files else []))
+    assert sum(p.stat().st_size for p in ARS_POLICY_DIR.iterdir()) <= 1_000_000
+    policy = lrenv.load_policy("ars")
+    assert policy.name == "ars" and policy.config["algo"] == "ars"
     assert policy.env_config.action_mode == "multiplier" and policy.env_config.features == "relative"
     assert policy.env_config.base_lr_spread == 1.0  # used from the task's default LR; trained on mis-set ones
-    assert json.loads((DEFAULT_POLICY_DIR / "config.json").read_text())["env"]["base_lr_spread"] > 1
+    assert json.loads((ARS_POLICY_DIR / "config.json").read_text())["env"]["base_lr_spread"] > 1
 
 
-def lrs_for(base_lr: float, optimizer_cls=torch.optim.SGD) -> list[float]:
+def lrs_for(base_lr: float, optimizer_cls=torch.optim.SGD, name: str = "default") -> list[float]:
     model = torch.nn.Linear(2, 2)
     optimizer = optimizer_cls(model.parameters(), lr=base_lr)
-    scheduler = lrenv.load_scheduler(optimizer, "default", epochs=len(LOSSES) - 1)
+    scheduler = lrenv.load_scheduler(optimizer, name, epochs=len(LOSSES) - 1)
     lrs = []
     for train_loss, valid_loss in LOSSES:
         scheduler.step(train_loss=train_loss, valid_loss=valid_loss, train_loss_std=0.1 * train_loss)
@@ -39,8 +50,9 @@ def lrs_for(base_lr: float, optimizer_cls=torch.optim.SGD) -> list[float]:
     return lrs
 
 
-def test_the_default_scheduler_takes_the_scale_from_the_optimizer_and_the_shape_from_the_policy():
-    small, large = np.array(lrs_for(1e-3)), np.array(lrs_for(0.1, torch.optim.Adam))
+@pytest.mark.parametrize("name", ["default", "ars", "formula"])
+def test_the_shipped_schedulers_take_the_scale_from_the_optimizer_and_the_shape_from_the_policy(name):
+    small, large = np.array(lrs_for(1e-3, name=name)), np.array(lrs_for(0.1, torch.optim.Adam, name=name))
     np.testing.assert_allclose(large, 100 * small, rtol=1e-9)  # 100x the base LR: 100x every LR
     assert len(set(np.round(small / 1e-3, 9))) > 3  # a schedule, not a constant factor
     assert np.all(small >= 1e-3 / 30 * (1 - 1e-12)) and np.all(small <= 1e-3 * 30 * (1 + 1e-12))
@@ -67,7 +79,7 @@ def test_ship_copies_a_trained_run_into_a_loadable_policy_folder(tmp_path, monke
         written = ship_default.ship(run_dir, tmp_path / "shipped")
         assert {p.name for p in written} == {"policy.json", "policy.safetensors", "normalization.json", "config.json"}
         shipped = lrenv.load_policy(tmp_path / "shipped")
-        assert shipped.name == "default" and "run_dir" not in shipped.config
+        assert shipped.name == "ars" and "run_dir" not in shipped.config
         obs = np.random.default_rng(0).uniform(-1, 1, size=(4, 8)).astype(np.float32)
         np.testing.assert_array_equal(shipped.predict(obs), lrenv.load_policy(run_dir).predict(obs))
         monkeypatch.setattr(ship_default, "MAX_BYTES", 100)
@@ -77,14 +89,15 @@ def test_ship_copies_a_trained_run_into_a_loadable_policy_folder(tmp_path, monke
         lrenv.unregister_task(task)
 
 
-def test_the_harness_plays_the_default_policy_as_lrenv_does():
-    """Every setting the policy acts through (cosine base shape included) reaches the comparison's episodes."""
+@pytest.mark.parametrize("name", ["default", "ars"])
+def test_the_harness_plays_the_shipped_policies_as_lrenv_does(name):
+    """Every setting a policy acts through (the RL policy's cosine base shape included) reaches the comparison's episodes."""
     from lrenv.evaluation import compare, load_run
 
-    policy = lrenv.load_policy("default")
-    results = compare(["Digits-MLP-v0"], baselines=["constant"], contenders=[load_run("default")], eval_seeds=2, tune_seeds=1, trials=2,
+    policy = lrenv.load_policy(name)
+    results = compare(["Digits-MLP-v0"], baselines=["constant"], contenders=[load_run(name)], eval_seeds=2, tune_seeds=1, trials=2,
                       task_config={"epochs": 4}, workers=0)
-    episodes = [e for e in results.episodes if e.method == "default"]
+    episodes = [e for e in results.episodes if e.method == name]
     env = lrenv.LREnv("Digits-MLP-v0", config=policy.env_config.replace(task_config={"epochs": 4}, device="cpu"))
     for episode in episodes:
         obs, _ = env.reset(seed=episode.seed)  # the harness's seeds are LREnv reset seeds
@@ -92,5 +105,6 @@ def test_the_harness_plays_the_default_policy_as_lrenv_does():
         for _ in range(4):
             obs, _, _, _, info = env.step(policy.predict(obs[None])[0])
             lrs.append(info["lr"])
-        np.testing.assert_allclose(episode.lrs, lrs, rtol=1e-6)
+        # the default reacts sharply to the last loss change, so float rounding of a population moves it a little more
+        np.testing.assert_allclose(episode.lrs, lrs, rtol=1e-6 if name == "ars" else 1e-4)
     assert len(episodes) == 2

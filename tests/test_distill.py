@@ -16,14 +16,14 @@ NAMES = [f.name for f in FEATURE_SETS["relative"]]
 
 
 def _digits_only(policy):
-    """The shipped default policy, with its training distribution cut to one fast variant."""
+    """The shipped RL policy, with its training distribution cut to one fast variant."""
     config = {**policy.config, "populations": [{"task": "Digits-MLP-v0", "n_envs": 1, "task_config": {"epochs": 6}}]}
     return dataclasses.replace(policy, config=config)
 
 
 def test_labels_are_the_lrs_the_policy_sets():
     """Round 0: the expert drives; its label at each state is the log ratio the env then applies."""
-    policy = _digits_only(load_policy("default"))
+    policy = _digits_only(load_policy("ars"))
     seeds = [env_run_seed(s) for s in (1, 2)]
     x, y, ids = distill.collect(policy, None, seeds)
     assert x.shape == (2 * 6, len(NAMES)) and y.shape == (12,)
@@ -38,7 +38,7 @@ def test_labels_are_the_lrs_the_policy_sets():
 
 
 def test_a_formula_drives_and_the_expert_labels():
-    policy = _digits_only(load_policy("default"))
+    policy = _digits_only(load_policy("ars"))
     learner = Formula("0.3 + 0*progress")
     x, y, ids = distill.collect(policy, learner, [env_run_seed(3)])
     # the formula set the LRs: lr_ratio after epoch 1 reads log(0.3); the labels are the expert's own

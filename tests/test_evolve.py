@@ -36,10 +36,15 @@ def test_candidates_are_ranked_per_variant():
     np.testing.assert_allclose(evolve.centred_ranks(scores), [-0.5, 0.25, 0.25])
 
 
-def test_search_writes_a_loadable_formula(tmp_path):
+def test_search_writes_a_loadable_formula_reproducibly_and_ships_it(tmp_path, monkeypatch):
     out = tmp_path / "evolve"
     argv = ["--config", str(_config(tmp_path)), "--generations", "2", "--popsize", "4", "--seeds", "1", "--eval-every", "1", "--eval-seeds", "1"]
-    fit = evolve.main([*argv, "--workers", "0", "--out", str(out)])
+    monkeypatch.setattr(evolve, "DEFAULT_POLICY_DIR", tmp_path / "package")
+    fit = evolve.main([*argv, "--workers", "0", "--out", str(out), "--ship"])
+    again = evolve.main([*argv, "--workers", "0", "--out", str(tmp_path / "again")])
+    assert again == {**fit, "wall_time_s": again["wall_time_s"]}  # the same seed: the same search
+    shipped = load_policy(tmp_path / "package")
+    assert shipped.name == "default" and shipped.model.formula == load_policy(out / "formula.json").model.formula
     policy = load_policy(out / "formula.json")
     assert policy.model.relative_factor == 30.0 and policy.tasks == ["Digits-MLP-v0"]
     assert fit["inner_epochs"] == 2 * (4 * 3 + 4 * 4) + 2 * (3 + 4)  # candidates, then one validation per generation
