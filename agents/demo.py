@@ -1,10 +1,10 @@
-"""The quickstart's main job: train a small agent, then compare it and the shipped default Ψ with tuned baselines.
+"""The quickstart's main job: train a small agent, then compare it and the shipped Ψs with tuned baselines.
 
 1. ``agents.train``: PPO with the shipped defaults (``agents/configs/ppo.yaml``) learns a
    learning-rate schedule on ``MNIST1D-MLP-v0`` from a batched population of inner runs.
-2. ``agents.evaluate``: the trained policy, the default policy shipped with lrenv
-   (``lrenv.load_policy("default")``, no tuning, starting from each task's default LR), its
-   closed form (``lrenv.load_policy("formula")``, a 9-operation formula distilled from it) and
+2. ``agents.evaluate``: the trained policy, the policies shipped with lrenv (no tuning,
+   starting from each task's default LR: ``"default"``, the default Ψ, a formula meta-learned by
+   ``agents.evolve``; ``"ars"``, the policy trained with RL; ``"formula"``, its closed form) and
    every classic schedule of ``lrenv.baselines`` (each tuned on its own seeds with the same
    trial budget) run on the same 10 evaluation seeds, on the training task and on a held-out
    task neither policy saw (``TextGRU-v1``: another architecture, optimizer and data
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = train.main(train_argv)
     tasks = [args.task, *(t for t in args.heldout if t != args.task)]
     print(f"== 2/2 comparing it with tuned baselines on {', '.join(tasks)} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-    evaluate.main(["--tasks", *tasks, "--runs", str(run_dir), "default", "formula", "--out", args.out])
+    evaluate.main(["--tasks", *tasks, "--runs", str(run_dir), "default", "ars", "formula", "--out", args.out])
     out = Path(args.out)
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Trained run: {run_dir}")
     print(f"Comparison: {out / 'results.md'}, {out / 'summary.csv'}, plots in {out / 'plots'}")
