@@ -132,7 +132,8 @@ class PolicyScheduler(LRScheduler):
         # a multiplier-mode policy takes its scale from the optimizer: its default range is base/f .. base*f
         by_base = env.action_mode == "multiplier" and lr_range is None
         # a formula fitted on no task has no task settings: then epochs (and lr_range) must be given
-        needs_task = bool(policy.tasks) or task is not None or epochs is None or (lr_range is None and not by_base)
+        # (a policy-like object without ``tasks`` is asked for its task settings, as before formulas)
+        needs_task = bool(getattr(policy, "tasks", True)) or task is not None or epochs is None or (lr_range is None and not by_base)
         task_config = policy.task_config(task) if needs_task else {}
         self.policy = policy
         # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
