@@ -50,13 +50,15 @@ import numpy as np
 import torch
 
 from lrenv.agents.args import dataclass_parser
+from lrenv.agents.ship_default import ship_formula
 from lrenv.env.features import FEATURE_SETS
 from lrenv.evaluation import Contender, compare, default_cache_dir, load_run, write_csv
-from lrenv.evaluation.protocol import DISTILL_SEED_BASE, Job, PolicyRef, Slot, env_run_seed
+from lrenv.evaluation.protocol import DISTILL_SEED_BASE, SCHEDULE_FORMAT, Job, PolicyRef, Slot, env_run_seed, load_schedule_file
 from lrenv.evaluation.runner import run_job
 from lrenv.formula import Formula, save_formula
 from lrenv.policy import FORMULA_POLICY, FORMULA_POLICY_DIR, LoadedPolicy, load_policy
 from lrenv.registry import make_task
+from lrenv.run_dir import write_json
 
 #: Operon's function set: what a short LR formula plausibly needs, nothing that overflows easily.
 SYMBOLS = "add,sub,mul,div,constant,variable,square,exp,log,sqrt,cos,tanh"
@@ -293,9 +295,11 @@ def read_schedule(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable JSON file: {exc}") from exc
     if isinstance(data, dict) and data.get("format") == "lrenv-law" and "optimal_lrs" in data:
         return {"format": "lrenv-schedule", "name": f"law-{data['task']}", "task": data["task"], "lrs": data["optimal_lrs"]}
-    if not isinstance(data, dict) or data.get("format") != "lrenv-schedule":
+    if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
         raise ValueError(f"{path} is neither an lrenv-schedule file nor a law fit (law.json, law_schedule.json or network_schedule.json from agents.surface)")
-    return data
+    schedule = load_schedule_file(path)  # the harness's checks of a schedule file
+    ((task, lrs),) = schedule.lrs.items()
+    return {**data, "name": schedule.name, "task": task, "lrs": lrs}
 
 
 def distil_schedule(data: dict[str, Any], args: Args) -> tuple[Candidate, list[Candidate], np.ndarray, np.ndarray, str]:
@@ -429,16 +433,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["check"] = rows
         print(table)
     if args.ship:
-        FORMULA_POLICY_DIR.mkdir(parents=True, exist_ok=True)
-        shipped = FORMULA_POLICY_DIR / "formula.json"
-        data = json.loads(formula_file.read_text())
-        data["name"] = FORMULA_POLICY
-        tmp = shipped.with_name(shipped.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, shipped)
+        shipped = ship_formula(formula_file, FORMULA_POLICY_DIR, FORMULA_POLICY)
         print(f"Shipped {formula_file} as {shipped}")
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(out / "summary.json", summary)
     print(f"Wrote {formula_file}, pareto.csv, pareto.png, decisions.csv, summary.json in {out}; {summary['wall_time_s']:.0f} s")
     return summary
 

@@ -42,7 +42,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: parallelism comes from processes and batching
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ import torch
 import yaml
 
 from lrenv.agents.args import dataclass_parser
+from lrenv.agents.ship_default import ship_formula
 from lrenv.env.config import EnvConfig
 from lrenv.evaluation import write_csv
 from lrenv.evaluation.executor import ProcessPool
@@ -62,6 +62,7 @@ from lrenv.evaluation.runner import Episode, run_job
 from lrenv.formula import formula_policy, save_formula
 from lrenv.policy import DEFAULT_POLICY, DEFAULT_POLICY_DIR
 from lrenv.registry import make_task
+from lrenv.run_dir import write_json
 
 #: The formula family: a template over the ``relative`` features and a box for each constant.
 FAMILY = "exp({beta}*lr_ratio + {grow} - {react}*tanh({sharp}*valid_loss_change) - {anneal}*exp({speed}*progress))"
@@ -249,16 +250,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --seed {args.seed}",
     )  # fmt: skip
     if args.ship:
-        shipped = DEFAULT_POLICY_DIR / "formula.json"
-        DEFAULT_POLICY_DIR.mkdir(parents=True, exist_ok=True)
-        data = json.loads(path.read_text())
-        data.update(name=DEFAULT_POLICY, source=f"python -m agents.evolve {' '.join(argv if argv is not None else sys.argv[1:])}")
-        tmp = shipped.with_name(shipped.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, shipped)
+        command = f"python -m agents.evolve {' '.join(argv if argv is not None else sys.argv[1:])}"
+        shipped = ship_formula(path, DEFAULT_POLICY_DIR, DEFAULT_POLICY, source=command)
         print(f"Shipped it as {shipped}")
     plot(rows, out / "evolve.png")
-    (out / "summary.json").write_text(json.dumps(fit, indent=2))
+    write_json(out / "summary.json", fit)
     print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {expression(constants)}")
     print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
     return fit

@@ -19,9 +19,10 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from lrenv.policy import ARS_POLICY, ARS_POLICY_DIR, load_policy
-from lrenv.run_dir import RunDir, atomic_path
+from lrenv.run_dir import RunDir, atomic_path, write_json
 
 #: The most the shipped files may weigh together.
 MAX_BYTES = 1_000_000
@@ -54,6 +55,15 @@ def ship(run_dir: Path, to: Path = ARS_POLICY_DIR) -> list[Path]:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     written.append(to / RunDir.CONFIG)
     return written
+
+
+def ship_formula(formula_file: Path, to: Path, name: str, **updates: Any) -> Path:
+    """Install a ``formula.json`` in the package folder ``to`` under the shipped ``name`` (atomically)."""
+    data = json.loads(formula_file.read_text())
+    data.update(name=name, **updates)
+    to.mkdir(parents=True, exist_ok=True)
+    write_json(to / "formula.json", data)
+    return to / "formula.json"
 
 
 def main(argv: list[str] | None = None) -> None:

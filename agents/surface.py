@@ -38,7 +38,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: parallelism comes from batching
 
-import json
 import math
 import sys
 import time
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lrenv import run_dir
 from lrenv.agents.args import dataclass_parser
 from lrenv.evaluation import DEFAULT_EVAL_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_SEEDS, Contender, Results, compare, default_cache_dir, load_run, write_csv
 from lrenv.evaluation.protocol import SURFACE_SEED_BASE
@@ -202,10 +202,8 @@ def schedule_file(path: Path, name: str, task: str, lrs: list[float], **extra: A
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: an interruption leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str))
-    os.replace(tmp, path)
+    """:func:`lrenv.run_dir.write_json` (atomic) of ``data`` with dataclasses and numpy values made plain."""
+    run_dir.write_json(path, _plain(data))
 
 
 # -- plots ----------------------------------------------------------------------------------

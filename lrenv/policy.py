@@ -38,6 +38,7 @@ __all__ = [
     "ARS_POLICY",
     "DEFAULT_POLICY",
     "FORMULA_POLICY",
+    "SHIPPED_POLICIES",
     "POLICY_FORMAT",
     "LoadedPolicy",
     "ObsNormalization",
@@ -243,7 +244,7 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
         PolicyFileError: A file is damaged, incomplete or of a format this lrenv cannot read;
             the message names it.
     """
-    if isinstance(path, str) and path in (DEFAULT_POLICY, ARS_POLICY):
+    if isinstance(path, str) and path in SHIPPED_POLICIES:
         path = shipped_policy_dir(path)
     formula_file = _formula_file(path)
     if formula_file is not None:
@@ -275,24 +276,22 @@ def load_policy(path: str | Path, device: str = "cpu", *, trust: bool = False) -
     return LoadedPolicy(model=model, config=config, normalization=normalization, name=str(name), path=folder, timesteps=timesteps)
 
 
+#: The shipped policies' names, each with the file its folder must hold.
+SHIPPED_POLICIES = {DEFAULT_POLICY: _FORMULA_FILE, ARS_POLICY: RunDir.POLICY, FORMULA_POLICY: _FORMULA_FILE}
+
+
 def shipped_policy_dir(name: str) -> Path:
-    """The folder of a policy shipped inside the package (``"default"``, ``"ars"``, ``"formula"``)."""
+    """The folder of a policy shipped inside the package (a key of :data:`SHIPPED_POLICIES`)."""
     folder = {DEFAULT_POLICY: DEFAULT_POLICY_DIR, ARS_POLICY: ARS_POLICY_DIR, FORMULA_POLICY: FORMULA_POLICY_DIR}[name]
-    if not folder.is_dir():
-        raise FileNotFoundError(f"the shipped policy {name!r} ({folder}) is missing: reinstall lrenv")
+    needed = folder / SHIPPED_POLICIES[name]
+    if not needed.is_file():
+        raise FileNotFoundError(f"the shipped policy {name!r} is missing its {needed}: reinstall lrenv")
     return folder
 
 
 def _formula_file(path: str | Path) -> Path | None:
-    """The formula file ``path`` names (``"formula"``, a formula ``.json``, a folder with a
-    ``formula.json`` and no policy), or ``None`` when it names something else."""
-    if isinstance(path, str) and path == FORMULA_POLICY:
-        shipped = FORMULA_POLICY_DIR / _FORMULA_FILE
-        if not shipped.is_file():
-            raise FileNotFoundError(
-                f"the shipped closed-form policy {shipped} is missing: reinstall lrenv, or regenerate it with python -m agents.distill default --ship"
-            )
-        return shipped
+    """The formula file ``path`` names (a formula ``.json``, a folder with a ``formula.json`` and
+    no policy), or ``None`` when it names something else."""
     path = Path(path)
     if path.is_dir():
         has_policy = any((path / name).is_file() for name in (RunDir.POLICY, RunDir.WEIGHTS))

@@ -58,7 +58,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrenv.engine import EpochStats
 from lrenv.env.features import Observer
-from lrenv.policy import FORMULA_POLICY, LoadedPolicy, load_policy
+from lrenv.policy import SHIPPED_POLICIES, LoadedPolicy, load_policy
 from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
 # Observer arrays that make up the scheduler's state (with the scheduler's own numbers)
@@ -317,7 +317,7 @@ def _formula_policy(formula: Any, features: str | None, relative_factor: float |
         if features is not None and features != formula.features:
             raise ValueError(f"the formula is over feature set {formula.features!r}, not features={features!r}")
         return formula_policy(formula, relative_factor=DEFAULT_RELATIVE_FACTOR if relative_factor is None else relative_factor)
-    if isinstance(formula, str) and not (formula == FORMULA_POLICY or formula.endswith(".json") or _exists(formula)):
+    if isinstance(formula, str) and not (formula in SHIPPED_POLICIES or formula.endswith(".json") or _exists(formula)):
         return formula_policy(formula, features=features or "relative", relative_factor=DEFAULT_RELATIVE_FACTOR if relative_factor is None else relative_factor)
     if isinstance(formula, (str, Path)):
         policy = load_policy(formula)
@@ -345,7 +345,7 @@ class FormulaScheduler(PolicyScheduler):
     Args:
         optimizer: The optimizer whose learning rate the formula controls.
         formula: An expression (e.g. ``"0.5*(1 + cos(pi*progress))"``), a
-            :class:`lrenv.Formula`, ``"formula"`` (the shipped one), the path of a
+            :class:`lrenv.Formula`, ``"default"`` or ``"formula"`` (shipped ones), the path of a
             ``formula.json`` (or a folder holding one), or :func:`lrenv.formula.load_formula`'s policy.
         features: Feature set of an expression (default ``"relative"``); a file or Formula
             brings its own (passing another one is a ``ValueError``).
