@@ -24,6 +24,7 @@ import yaml
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 
 import lrenv
+from lrenv.baselines import BASELINES
 from lrenv.env.config import EnvConfig
 from lrenv.policy import algorithm_class
 from lrenv.task import check_overrides
@@ -43,6 +44,7 @@ CONFIG_KEYS = (
     "populations",
     "paired_seeds",
     "ray_actors",
+    "reference_baselines",
     "env",
     "policy",
     "hyperparams",
@@ -113,7 +115,9 @@ def resolve_config(
     config.setdefault("populations", None)
     config.setdefault("paired_seeds", False)
     config.setdefault("ray_actors", 0)
+    config.setdefault("reference_baselines", None)
     validate_config(config)
+    config["reference_baselines"] = reference_baselines(config)  # config.json names them
     env = env_config(config)
     config["env"] = env.to_dict()  # every setting, defaults included: the run folder says exactly what it trained with
     if config["populations"]:
@@ -157,6 +161,17 @@ def resolve_population(entry: Any, env: EnvConfig, index: int) -> dict[str, Any]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc.args[0] if exc.args else exc}") from exc
     return {"task": task.name, "n_envs": n_envs, "task_config": check_overrides(overrides, where, "setting")}
+
+
+def reference_baselines(config: Mapping[str, Any]) -> list[str]:
+    """The tuned baselines whose returns a run is plotted beside, in :data:`lrenv.baselines.BASELINES` order.
+
+    Absent or ``None`` (configs of runs that predate the key): all of them, the set
+    ``agents.evaluate`` tunes, so both share the evaluation cache; the canonical order keeps
+    the cache's populations the same whatever order the config lists them in.
+    """
+    chosen = config.get("reference_baselines")
+    return list(BASELINES) if chosen is None else [name for name in BASELINES if name in chosen]
 
 
 def env_config(config: Mapping[str, Any], source: str = "the env section of the config") -> EnvConfig:
@@ -244,6 +259,13 @@ def validate_config(config: dict[str, Any]) -> None:
             raise ValueError(f"{key} must be an integer >= 0, got {config.get(key)!r}")
     if not isinstance(config.get("paired_seeds"), bool):
         raise ValueError(f"paired_seeds must be true or false, got {config.get('paired_seeds')!r}")
+    chosen = config.get("reference_baselines")
+    if chosen is not None:
+        if not isinstance(chosen, list) or not all(isinstance(name, str) for name in chosen):
+            raise ValueError(f"reference_baselines must be null (all) or a list of baseline names ([] for none), got {chosen!r}")
+        unknown = [name for name in chosen if name not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown reference baseline(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(BASELINES)}")
     if config.get("populations") is not None and not (isinstance(config["populations"], list) and config["populations"]):
         raise ValueError(f"populations must be null or a non-empty list of {{task, n_envs, task_config}}, got {config['populations']!r}")
 

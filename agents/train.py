@@ -19,7 +19,10 @@ SB3's format, for resuming),
 ``normalization.json`` and ``vecnormalize.pkl`` (observation statistics),
 ``checkpoints/step_<N>/`` (periodic, written atomically; off-policy ones with the replay
 buffer), ``progress.csv`` (SB3's training metrics), ``episodes.jsonl`` (every training episode:
-final losses, LR schedule), ``eval.json`` and ``schedule.png`` (evaluation episodes of the
+final losses, LR schedule), ``reference_returns.json`` (the return of the tuned baselines of
+``reference_baselines`` on each training population's env, see :func:`reference_returns`),
+``learning.png`` (training and validation return against timesteps, beside those references),
+``eval.json`` and ``schedule.png`` (evaluation episodes of the
 policy and of the task's default constant LR on fresh seeds) and, with ``--track``, ``wandb/``.
 """
 
@@ -45,19 +48,28 @@ from stable_baselines3.common.vec_env import unwrap_vec_wrapper
 
 from lrenv.agents.args import dataclass_parser
 from lrenv.agents.callbacks import CheckpointEvery, EpisodeRecorder, KeepBest
-from lrenv.agents.config import OPTION_KEYS, build_hyperparams, env_config, resolve_config
-from lrenv.agents.vec_env import make_validation_env, make_vec_env
+from lrenv.agents.config import OPTION_KEYS, build_hyperparams, env_config, reference_baselines, resolve_config
+from lrenv.agents.vec_env import env_labels, make_validation_env, make_vec_env
+from lrenv.engine import resolve_device
 from lrenv.env.config import EnvConfig
 from lrenv.env.mixture import NewDrawEachRollout, PairedSeeds
+from lrenv.evaluation import DEFAULT_EVAL_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_SEEDS, compare, default_cache_dir
 from lrenv.evaluation.protocol import Job, PolicyRef, Slot
 from lrenv.evaluation.runner import Episode, run_job
 from lrenv.policy import ALGORITHMS, LoadedPolicy, algorithm_class, load_policy
-from lrenv.run_dir import PolicyFileError, RunDir
+from lrenv.registry import make_task, registered_source
+from lrenv.run_dir import PolicyFileError, RunDir, write_json
 
 #: Evaluation env seeds: fixed and far from training's, so every run is compared on the same episodes.
 EVAL_SEED = 1_000_000
 #: Validation env seeds (KeepBest): fixed for the whole run, apart from training's and evaluation's.
 VALIDATION_SEED = 2_000_000
+#: The tuned baselines' returns on each training population's env (:func:`reference_returns`).
+REFERENCE_FILE = "reference_returns.json"
+#: Drawn dotted beside the best tuned baseline: the schedule most training loops use.
+REFERENCE_COSINE = "cosine"
+#: Below this many inner epochs the reference comparison runs in this process: spawning workers would cost more.
+REFERENCE_WORKER_EPOCHS = 5000
 
 
 @dataclass
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> Path:
     run.save_final(model, venv)
     run.save_checkpoint(model, venv)
     print(f"Trained {model.num_timesteps} timesteps in {train_seconds:.0f} s")
+    reference = write_reference(run, config, env, args.progress_bar)
     keep_best(run, config)
 
     results: dict[str, Any] = {}
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> Path:
         run.write_plot(plot_eval(results, f"{config['name']}, {model.num_timesteps} timesteps: evaluation on fresh seeds"))
         print_eval(results)
     if tracker is not None:
-        finish_tracking(tracker, config, run, results, model.num_timesteps)
+        finish_tracking(tracker, config, run, results, model.num_timesteps, reference)
         tracker.finish()
     venv.close()
     print(f"Run folder: {run.path}")
@@ -224,6 +237,103 @@ def make_callbacks(config: dict[str, Any], run: RunDir, venv: Any, env: EnvConfi
         validation_env, labels = make_validation_env(config, env)
         callbacks.append(KeepBest(run, validation_env, labels, config["eval_freq"], VALIDATION_SEED, tracker))
     return callbacks
+
+
+def write_reference(run: RunDir, config: dict[str, Any], env: EnvConfig, progress: bool) -> dict[str, Any] | None:
+    """Compute :func:`reference_returns` for a run that logged returns, write it to the run folder and print it."""
+    if not ((run.path / RunDir.VALIDATION).is_file() or run.episodes_file.is_file()):
+        return None  # no training or validation return to set beside them
+    start = time.perf_counter()
+    try:
+        reference = reference_returns(config, env, progress)
+    except KeyboardInterrupt:  # the trained policy is saved; the reference is worth no lost run
+        print("\nInterrupted the tuned-baseline reference; going on without it")
+        return None
+    if reference is None:
+        return None
+    reference["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(run.path / REFERENCE_FILE, reference)
+    for population in reference["populations"]:
+        returns, best = population["returns"], population["best"]
+        ranked = ", ".join(f"{'★ ' if m == best else ''}{m} {r:.3f}" for m, r in sorted(returns.items(), key=lambda kv: -kv[1]))
+        print(f"Tuned baselines on {population['label']} (mean return on {reference['eval_seeds']} evaluation seeds): {ranked}")
+    return reference
+
+
+def reference_returns(config: dict[str, Any], env: EnvConfig, progress: bool = False) -> dict[str, Any] | None:
+    """The mean evaluation return of each tuned baseline on each training population's env.
+
+    A population is an entry of ``populations``, else a task with the env's ``task_config``.
+    The baselines are ``reference_baselines`` (all when absent), tuned and evaluated by
+    :func:`lrenv.evaluation.compare` with the protocol's defaults and the run's dtype, device
+    and divergence penalty: the same populations as ``python -m agents.evaluate``, so a task on
+    its default config reuses the harness's cache and the other way round. A return is the
+    env's ``log_progress`` one, log(L_0/L_T), ``-divergence_penalty`` for a diverged run.
+
+    Returns:
+        ``None`` when there are no reference baselines or the reward is not ``log_progress``
+        (a note says so); else the protocol, ``populations`` (each with its ``label`` as in
+        ``validation.jsonl``, ``task``, ``task_config``, ``returns``: baseline -> mean return, and
+        ``best``: the ★ tuned baseline, the harness's best by tuning score) and ``by_task``:
+        the population each task's training curve is set beside (the one on the env's own
+        task config, else the task's first).
+    """
+    baselines = reference_baselines(config)
+    if not baselines:
+        return None
+    if env.reward != "log_progress":
+        print(f"No tuned-baseline reference: baselines are scored in log_progress returns, this run's reward is {env.reward}")
+        return None
+    if config.get("populations"):
+        labels = env_labels(config)
+        starts = np.cumsum([0] + [p["n_envs"] for p in config["populations"]])
+        populations = [{"label": labels[k], "task": p["task"], "task_config": p["task_config"]} for k, p in zip(starts, config["populations"])]
+    else:
+        populations = [{"label": task, "task": task, "task_config": env.task_overrides} for task in config["tasks"]]
+    # "auto" names the device it resolves to, as agents.evaluate's --device does: cache entries are keyed by the name
+    device = resolve_device("auto").type if env.device == "auto" else env.device
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for population in populations:  # one comparison per task config, of all its tasks at once
+        by_config.setdefault(json.dumps(population["task_config"], sort_keys=True), []).append(population)
+    for group in by_config.values():
+        task_config = group[0]["task_config"] or None
+        tasks = list(dict.fromkeys(p["task"] for p in group))
+        # a task registered by hand is unknown to spawned workers, and its code is not in the cache's key
+        by_hand = any(registered_source(task) == "register_task" for task in tasks)
+        runs = len(baselines) * (DEFAULT_TRIALS * DEFAULT_TUNE_SEEDS + DEFAULT_EVAL_SEEDS)
+        epochs = runs * sum(make_task(task, **(task_config or {})).config.epochs for task in tasks)
+        results = compare(
+            tasks,
+            baselines=baselines,
+            contenders=(),
+            optimal=False,
+            task_config=task_config,
+            device=device,
+            dtype=env.dtype,
+            divergence_penalty=env.divergence_penalty,
+            workers=0 if by_hand or epochs < REFERENCE_WORKER_EPOCHS else min(2, os.cpu_count() or 1),
+            cache_dir=None if by_hand else default_cache_dir(),
+            progress=progress,
+        )
+        for population in group:
+            task = population["task"]
+            population["returns"] = {b: float(np.mean([e.score for e in results.evaluation(task, b)])) for b in baselines}
+            population["best"] = results.best_baseline(task)
+    # a task's training curve mixes its populations: set it beside the one on the env's own task config, else its first
+    by_task: dict[str, int] = {}
+    for i, population in sorted(enumerate(populations), key=lambda item: item[1]["task_config"] != env.task_overrides):
+        by_task.setdefault(population["task"], i)
+    return {
+        "baselines": baselines,
+        "trials": DEFAULT_TRIALS,
+        "tune_seeds": DEFAULT_TUNE_SEEDS,
+        "eval_seeds": DEFAULT_EVAL_SEEDS,
+        "device": device,
+        "dtype": env.dtype,
+        "divergence_penalty": env.divergence_penalty,
+        "populations": populations,
+        "by_task": by_task,
+    }
 
 
 def keep_best(run: RunDir, config: dict[str, Any]) -> None:
@@ -332,11 +442,20 @@ def plot_eval(results: dict[str, Any], title: str) -> Any:
 
 
 def plot_learning(run: RunDir, title: str) -> Any:
-    """Training return per task (episodes.jsonl, a running mean) and validation return per population (validation.jsonl) against timesteps."""
+    """Training return per task (episodes.jsonl, a running mean) and validation return per population (validation.jsonl) against timesteps.
+
+    Beside each curve, in its colour, the return of its ★ tuned baseline (dashed) and of tuned
+    cosine (dotted) on the same env, where the run folder has them (``reference_returns.json``).
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4))
     ax_train, ax_valid = fig.subplots(1, 2)
+    reference_file = run.path / REFERENCE_FILE
+    reference = json.loads(reference_file.read_text()) if reference_file.is_file() else {"populations": [], "by_task": {}}
+    by_label: dict[str, dict[str, Any]] = {}
+    for population in reference["populations"]:
+        by_label.setdefault(population["label"], population)
     if run.episodes_file.is_file():
         by_task: dict[str, list[tuple[int, float]]] = {}
         for line in run.episodes_file.read_text().splitlines():
@@ -346,7 +465,9 @@ def plot_learning(run: RunDir, title: str) -> Any:
         for task, points in by_task.items():
             t, r = np.array(points).T
             window = max(1, len(r) // 20)
-            ax_train.plot(t[window - 1 :], np.convolve(r, np.ones(window) / window, mode="valid"), label=task)
+            (line,) = ax_train.plot(t[window - 1 :], np.convolve(r, np.ones(window) / window, mode="valid"), label=task)
+            if task in reference["by_task"]:
+                plot_reference(ax_train, task, reference["populations"][reference["by_task"][task]], line.get_color())
         ax_train.legend(fontsize=7)
     ax_train.set(xlabel="timesteps (inner epochs)", ylabel="episode return", title="training episodes (running mean)")
     validation = run.path / RunDir.VALIDATION
@@ -354,13 +475,23 @@ def plot_learning(run: RunDir, title: str) -> Any:
     if records:
         t = [r["timesteps"] for r in records]
         for label in records[0]["returns"]:
-            ax_valid.plot(t, [r["returns"].get(label, np.nan) for r in records], marker=".", label=label)
+            (line,) = ax_valid.plot(t, [r["returns"].get(label, np.nan) for r in records], marker=".", label=label)
+            if label in by_label:
+                plot_reference(ax_valid, label, by_label[label], line.get_color())
         ax_valid.plot(t, [r["mean_return"] for r in records], color="k", linewidth=2, label="mean")
         ax_valid.legend(fontsize=6)
     ax_valid.set(xlabel="timesteps (inner epochs)", ylabel="return", title="validation episodes (fixed seeds, deterministic)")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_reference(ax: Any, name: str, population: dict[str, Any], color: str) -> None:
+    """Horizontal lines at a population's ★ tuned baseline's return (dashed) and tuned cosine's (dotted)."""
+    returns, best = population["returns"], population["best"]
+    for method in dict.fromkeys(m for m in (best, REFERENCE_COSINE) if m in returns):
+        star = " ★" if method == best else ""
+        ax.axhline(returns[method], color=color, linestyle="--" if star else ":", linewidth=1, label=f"{name}: tuned {method}{star} {returns[method]:.2f}")
 
 
 def print_eval(results: dict[str, Any]) -> None:
@@ -374,8 +505,10 @@ def print_eval(results: dict[str, Any]) -> None:
         print(f"Eval {task} ({seeds}), final valid loss: policy {fmt(p)}; default constant LR {res['default_lr']:g} {fmt(c)}")
 
 
-def finish_tracking(tracker: Any, config: dict[str, Any], run: RunDir, results: dict[str, Any], timesteps: int) -> None:
-    """Evaluation results, episode curves and the policy artifact to W&B."""
+def finish_tracking(
+    tracker: Any, config: dict[str, Any], run: RunDir, results: dict[str, Any], timesteps: int, reference: dict[str, Any] | None = None
+) -> None:
+    """Evaluation results, episode curves, the tuned baselines' reference returns and the policy artifact to W&B."""
     values, rows = {}, []
     for task, res in results.items():
         for kind in ("policy", "default_constant"):
@@ -388,6 +521,12 @@ def finish_tracking(tracker: Any, config: dict[str, Any], run: RunDir, results: 
     if values:
         tracker.log(values, timesteps)
         tracker.summary(values)
+    if reference is not None:  # fixed numbers, not a curve over timesteps: the summary only
+        summary: dict[str, Any] = {}
+        for population in reference["populations"]:
+            summary.update({f"reference/{population['label']}/{method}": value for method, value in population["returns"].items()})
+            summary[f"reference/{population['label']}/best"] = population["best"]
+        tracker.summary(summary)
     if rows:
         tracker.table("eval/curves", ["task", "schedule", "seed", "epoch", "lr", "train_loss", "valid_loss"], rows, timesteps)
     if run.plot_file.is_file():

@@ -167,3 +167,13 @@ class TinyLSTM(TinyGRU):
     """The same with nn.LSTM, which torch.func.vmap cannot batch: the loop fallback."""
 
     rnn_type = nn.LSTM
+
+
+@pytest.fixture(autouse=True)
+def reference_cache(tmp_path, monkeypatch):
+    """agents.train's tuned-baseline reference caches its episodes here, never in the user's cache."""
+    from lrenv.agents import train
+
+    folder = tmp_path / "evaluate-cache"
+    monkeypatch.setattr(train, "default_cache_dir", lambda: folder)
+    return folder

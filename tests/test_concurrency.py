@@ -37,17 +37,19 @@ def test_runs_created_in_the_same_second_get_separate_folders(tmp_path, monkeypa
 
 
 def test_two_training_processes_with_the_same_arguments_write_separate_run_folders(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # both write the tuned-baseline reference into one evaluation cache at once, apart from the user's
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LRENV_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "agents.train", "--algo", "ppo", "--task", "Digits-MLP-v0", "--timesteps", "8", "--n-envs", "2",
            "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress-bar", "--set", "env.task_config={epochs: 2}",
            "hyperparams.n_steps=4", "hyperparams.batch_size=8", "hyperparams.n_epochs=1"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    runs = sorted(tmp_path.iterdir())
+    runs = sorted(p for p in tmp_path.iterdir() if p.name != "cache")
     assert len(runs) == 2
     for run in runs:
         assert (run / "model.zip").is_file() and json.loads((run / "config.json").read_text())["run_dir"] == str(run)
+        assert json.loads((run / "reference_returns.json").read_text())["populations"][0]["best"]
 
 
 def _episode(k: int, n: int) -> Episode:

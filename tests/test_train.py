@@ -15,7 +15,8 @@ from conftest import TinyClassifier
 
 import lrenv
 from lrenv.agents import train
-from lrenv.agents.config import CONFIG_DIR
+from lrenv.agents.config import CONFIG_DIR, reference_baselines
+from lrenv.baselines import BASELINES
 from lrenv.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +30,13 @@ def tiny_task_name():
     lrenv.unregister_task(TASK)
 
 
+#: Tests that do not look at the tuned-baseline reference skip it: all baselines would take seconds.
+NO_REFERENCE = "reference_baselines=[]"
 ALGO_ARGS = {
-    "ppo": ["hyperparams.n_steps=5", "hyperparams.batch_size=10", "hyperparams.n_epochs=2"],
-    "a2c": ["hyperparams.n_steps=5"],
-    "sac": ["hyperparams.learning_starts=20", "hyperparams.batch_size=16"],
-    "td3": ["hyperparams.learning_starts=20", "hyperparams.batch_size=16"],
+    "ppo": ["hyperparams.n_steps=5", "hyperparams.batch_size=10", "hyperparams.n_epochs=2", NO_REFERENCE],
+    "a2c": ["hyperparams.n_steps=5", NO_REFERENCE],
+    "sac": ["hyperparams.learning_starts=20", "hyperparams.batch_size=16", NO_REFERENCE],
+    "td3": ["hyperparams.learning_starts=20", "hyperparams.batch_size=16", NO_REFERENCE],
 }
 
 
@@ -48,6 +51,8 @@ def test_each_algorithm_writes_a_complete_run_folder(algo, tiny_task_name, tmp_p
     assert run_dir.parent == tmp_path and run_dir.name.startswith(f"{tiny_task_name}__{algo}__0__")
     for name in ("config.json", "model.zip", "normalization.json", "vecnormalize.pkl", "episodes.jsonl", "eval.json", "schedule.png", "progress.csv"):
         assert (run_dir / name).is_file(), name
+    # reference_baselines: [] skips the tuned baselines; learning.png is drawn without them
+    assert (run_dir / "learning.png").is_file() and not (run_dir / train.REFERENCE_FILE).exists()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == algo and config["tasks"] == [tiny_task_name] and config["n_envs"] == 2
     assert config["vec_env"] == "batched" and config["env"]["features"] == "standard"
@@ -92,7 +97,7 @@ def test_config_file_and_overrides(tiny_task_name, tmp_path):
     run_dir = train.main(
         ["--config", str(config_file), "--task", tiny_task_name, "--timesteps", "15", "--eval-episodes", "0",
          "--runs-dir", str(tmp_path), "--no-progress-bar", "--set", "hyperparams.n_steps=5", "hyperparams.learning_rate=3e-4",
-         "env.features=minimal"]
+         "env.features=minimal", NO_REFERENCE]
     )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "a2c"  # named by the file
@@ -109,6 +114,8 @@ def test_config_file_and_overrides(tiny_task_name, tmp_path):
         (["--set", "nope=4"], "unknown config key 'nope' in --set nope=4; allowed: algo, timesteps"),
         (["--set", "env.feature=minimal"], "env section of the config got unknown keyword argument(s) feature; allowed: features, "),
         (["--set", "timesteps"], "--set expects KEY=VALUE"),
+        (["--set", "reference_baselines=[cosine, nope]"], "unknown reference baseline(s) 'nope'; allowed: constant, step, exponential, cosine,"),
+        (["--set", "reference_baselines=cosine"], "reference_baselines must be null (all) or a list of baseline names ([] for none), got 'cosine'"),
         (["--resume", "/nonexistent/run"], "no config.json there"),
     ],
 )
@@ -134,7 +141,7 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint_and_logs_each_e
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "agents.train", "--algo", "ppo", "--task", "Digits-MLP-v0", "--timesteps", "600",
            "--n-envs", "4", "--checkpoint-freq", "100", "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress-bar",
-           "--set", "env.task_config={epochs: 3}", "hyperparams.n_steps=6", "hyperparams.batch_size=12", "hyperparams.n_epochs=2"]
+           "--set", "env.task_config={epochs: 3}", "hyperparams.n_steps=6", "hyperparams.batch_size=12", "hyperparams.n_epochs=2", NO_REFERENCE]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # kill once episodes and metrics past the latest checkpoint have been logged
@@ -195,7 +202,7 @@ def test_ppo_defaults_beat_the_default_constant_lr_on_mnist1d(tmp_path):
 def test_a_training_distribution_keeps_the_policy_best_on_validation(tiny_task_name, tmp_path, capsys):
     """The default policy's recipe in small: ARS over two task variants, paired seeds, the best validated policy kept."""
     argv = ["--config", str(CONFIG_DIR / "default.yaml"), "--timesteps", "180", "--eval-episodes", "1", "--runs-dir", str(tmp_path),
-            "--no-progress-bar", "--set", "eval_freq=60", "hyperparams.n_delta=2", "hyperparams.n_top=2",
+            "--no-progress-bar", "--set", "eval_freq=60", "hyperparams.n_delta=2", "hyperparams.n_top=2", "reference_baselines=[cosine, constant]",
             f"populations=[{{task: {tiny_task_name}, n_envs: 2}}, {{task: {tiny_task_name}, task_config: {{epochs: 3, optimizer: adam, default_lr: 0.01}}}}]"]
     run_dir = train.main(argv)
     out = capsys.readouterr().out
@@ -214,8 +221,77 @@ def test_a_training_distribution_keeps_the_policy_best_on_validation(tiny_task_n
     for name in ("policy.json", "policy.safetensors", "normalization.json"):
         assert (run_dir / name).read_bytes() == (run_dir / "best" / name).read_bytes()
     assert (run_dir / "learning.png").stat().st_size > 0
+    # the tuned baselines on each population's env, labelled as validation labels them, drawn beside its curve
+    reference = json.loads((run_dir / train.REFERENCE_FILE).read_text())
+    assert [p["label"] for p in reference["populations"]] == list(validation[0]["returns"]) and reference["by_task"] == {tiny_task_name: 0}
+    assert reference["populations"][1]["task_config"] == config["populations"][1]["task_config"]
+    for population in reference["populations"]:
+        assert list(population["returns"]) == ["constant", "cosine"] and all(np.isfinite(list(population["returns"].values())))
+        assert population["best"] in ("constant", "cosine") and f"Tuned baselines on {population['label']} (mean return on 10 evaluation seeds): " in out
+    # the two variants' budgets (5 and 3 epochs) differ: so do their tuned baselines' returns
+    assert reference["populations"][0]["returns"] != reference["populations"][1]["returns"]
+    legend = [t.get_text() for t in train.plot_learning(RunDir(run_dir), "t").axes[1].get_legend().get_texts()]
+    cosine = reference["populations"][1]["returns"]["cosine"]
+    assert f"{tiny_task_name}[epochs=3,optimizer=adam]: tuned cosine{' ★' if reference['populations'][1]['best'] == 'cosine' else ''} {cosine:.2f}" in legend
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
     # every record holds its own episode's epochs only (candidates reset the envs mid-episode); budgets 5 and 3
     assert all(e["epochs"] == len(e["lr"]) <= 5 for e in episodes) and {3, 5} <= {len(e["lr"]) for e in episodes if not e["diverged"]}
     policy = lrenv.load_policy(run_dir)
     assert policy.env_config.action_mode == "multiplier" and policy.env_config.features == "relative"
+
+
+def test_learning_is_plotted_beside_the_tuned_baselines_on_the_same_env(tmp_path, reference_cache, capsys):
+    """reference_returns.json: the harness's tuned baselines on the run's env, through the evaluation cache agents.evaluate uses."""
+    options = "--algo ppo --task Digits-MLP-v0 --timesteps 12 --n-envs 2 --eval-episodes 0 --no-progress-bar"
+    hyperparams = ["hyperparams.n_steps=6", "hyperparams.batch_size=12", "hyperparams.n_epochs=1"]
+    run_dir = train.main(
+        [*options.split(), "--runs-dir", str(tmp_path), "--set", "env.task_config={epochs: 3}", *hyperparams, "reference_baselines=[cosine, constant]"]
+    )
+    out = capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["reference_baselines"] == ["constant", "cosine"]  # the baselines' own order
+    reference = json.loads((run_dir / train.REFERENCE_FILE).read_text())
+    (population,) = reference["populations"]
+    assert population["label"] == population["task"] == "Digits-MLP-v0" and population["task_config"] == {"epochs": 3}
+    assert reference["by_task"] == {"Digits-MLP-v0": 0} and reference["device"] == "cpu" and reference["trials"] == 6
+    returns = population["returns"]
+    assert list(returns) == ["constant", "cosine"] and all(0 < r < 5 for r in returns.values())  # log(L0/LT) of a few epochs
+    best = population["best"]
+    (line,) = [line for line in out.splitlines() if line.startswith("Tuned baselines on Digits-MLP-v0 (mean return on 10 evaluation seeds): ")]
+    assert best in returns and f"★ {best} {returns[best]:.3f}" in line and f"{returns['constant']:.3f}" in line
+    assert list(reference_cache.glob("*/*.json"))  # shared with agents.evaluate through its cache
+    assert (run_dir / "learning.png").stat().st_size > 0
+    legend = [t.get_text() for t in train.plot_learning(RunDir(run_dir), "t").axes[0].get_legend().get_texts()]
+    assert f"Digits-MLP-v0: tuned {best} ★ {returns[best]:.2f}" in legend
+    assert ("Digits-MLP-v0: tuned cosine" + (" ★" if best == "cosine" else "") + f" {returns['cosine']:.2f}") in legend
+    # W&B gets the numbers in the run's summary
+    tracker = SummaryTracker()
+    train.finish_tracking(tracker, json.loads((run_dir / "config.json").read_text()), RunDir(run_dir), {}, 12, reference)
+    expected = {"reference/Digits-MLP-v0/constant": returns["constant"], "reference/Digits-MLP-v0/cosine": returns["cosine"]}
+    assert tracker.summaries == [{**expected, "reference/Digits-MLP-v0/best": best}]
+
+
+class SummaryTracker:
+    """A :class:`lrenv.tracking.Tracker` that keeps what goes to the summary and drops the rest."""
+
+    def __init__(self) -> None:
+        self.summaries = []
+
+    def summary(self, values):
+        self.summaries.append(values)
+
+    def log(self, *args, **kwargs): ...
+
+    table = image = log_artifact = log
+
+
+def test_a_reward_other_than_log_progress_has_no_reference(tiny_task_name, tmp_path, capsys):
+    options = f"--algo ppo --task {tiny_task_name} --timesteps 10 --n-envs 2 --eval-episodes 0 --no-progress-bar"
+    run_dir = train.main([*options.split(), "--runs-dir", str(tmp_path), "--set", "env.reward=final_loss", *ALGO_ARGS["ppo"][:-1]])
+    assert "No tuned-baseline reference: baselines are scored in log_progress returns, this run's reward is final_loss" in capsys.readouterr().out
+    assert not (run_dir / train.REFERENCE_FILE).exists() and (run_dir / "learning.png").is_file()
+
+
+def test_configs_without_reference_baselines_compare_with_all_of_them():
+    """Runs written before the key existed (their --resume included) and a null value get every baseline, in their own order."""
+    assert reference_baselines({}) == reference_baselines({"reference_baselines": None}) == list(BASELINES)
+    assert reference_baselines({"reference_baselines": ["wsd", "cosine"]}) == ["cosine", "wsd"]
