@@ -3,13 +3,13 @@
 Usage::
 
     python -m agents.evolve --bound beta=0.8,1 --ship --out runs/evolve   # the shipped default Ψ (~8 min)
-    python -m agents.evolve --out runs/evolve                      # the whole family
+    python -m agents.evolve --family mixed --out runs/evolve-mixed  # the family that also reads the train loss
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve/formula.json
 
 RL learns Ψ as a network and :mod:`agents.distill` turns it into a formula afterwards. This
-script searches the formula directly. The family (:data:`FAMILY`) is bold driver with a memory
-and a late anneal, over the ``relative`` features::
+script searches the formula directly. Each family (:data:`FAMILIES`, ``--family``) is bold driver
+with a memory and a late anneal, over the ``relative`` features. ``bold``::
 
     log(α_i / α_base) = β · log(α_{i-1} / α_base) + g − a · tanh(h · Δv_i) − c · e^{k · i/T}
 
@@ -19,7 +19,10 @@ and a late anneal, over the ``relative`` features::
 - With β < 1 it is pulled back to a level.
 - The last term anneals.
 
-Six constants (β, g, a, h, c, k) are searched by CMA-ES (the ``cma`` package) in a box.
+``mixed`` adds a reaction to the train loss's change, ``− a_t · tanh(h_t · Δt_i)``: the train
+loss keeps falling while the validation loss turns up from overfitting or jitters at a large LR.
+
+The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
 
 - **Candidates.** Each generation's candidates run on the same fresh seeds of every training
   variant (paired: their differences are free of seed noise), with the base LR set off by up to
@@ -64,18 +67,65 @@ from lrenv.policy import DEFAULT_POLICY, DEFAULT_POLICY_DIR
 from lrenv.registry import make_task
 from lrenv.run_dir import write_json
 
-#: The formula family: a template over the ``relative`` features and a box for each constant.
-FAMILY = "exp({beta}*lr_ratio + {grow} - {react}*tanh({sharp}*valid_loss_change) - {anneal}*exp({speed}*progress))"
-BOUNDS: dict[str, tuple[float, float]] = {
-    "beta": (0.0, 1.0),
-    "grow": (-0.5, 0.5),
-    "react": (0.0, 1.0),
-    "sharp": (0.0, 20.0),
-    "anneal": (0.0, 1.0),
-    "speed": (0.0, 8.0),
+
+@dataclass(frozen=True)
+class Family:
+    """A formula template over the ``relative`` features, a box for each constant, and where the search starts."""
+
+    template: str
+    bounds: dict[str, tuple[float, float]]
+    start: dict[str, float]
+
+    def expression(self, constants: dict[str, float]) -> str:
+        """The family's formula for these constants."""
+        return self.template.format(**{k: f"{v:.6g}" for k, v in constants.items()})
+
+
+_BOLD = "exp({beta}*lr_ratio + {grow} - {react}*tanh({sharp}*valid_loss_change) - {anneal}*exp({speed}*progress))"
+_MIXED = (
+    "exp({beta}*lr_ratio + {grow} - {react}*tanh({sharp}*valid_loss_change)"
+    " - {react_train}*tanh({sharp_train}*train_loss_change) - {anneal}*exp({speed}*progress))"
+)
+_TOLERANT = (
+    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
+    " - {react}*tanh({sharp}*max(valid_loss_change - {tol}, 0)) - {anneal}*exp({speed}*progress))"
+)
+_BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
+#: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
+_START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
+#: The families the search can run over (``--family``).
+#:
+#: - ``bold``: bold driver on the validation loss with a memory and a late anneal.
+#: - ``mixed``: ``bold`` that also reacts to the train loss, whose change is free of overfitting's
+#:   rise and of validation noise. Its memory β is kept at 0.8 or more: searches with less
+#:   memory chose controllers that oscillate (agents/PSI.md, section 10).
+#: - ``tolerant``: ``bold`` with separate gains for a falling and a rising validation loss, and
+#:   a tolerance: a rise smaller than ``tol`` (a jitter at a large LR) cuts nothing. It starts
+#:   where the ``bold`` search ended.
+FAMILIES: dict[str, Family] = {
+    "bold": Family(_BOLD, _BOX, _START),
+    "mixed": Family(
+        _MIXED,
+        {**_BOX, "beta": (0.8, 1.0), "react_train": (0.0, 1.0), "sharp_train": (0.0, 20.0)},
+        {**_START, "beta": 0.8, "react_train": 0.0, "sharp_train": 5.0},
+    ),
+    "tolerant": Family(
+        _TOLERANT,
+        {
+            "beta": (0.8, 1.0),
+            "grow": (-0.5, 0.5),
+            "rise": (0.0, 2.0),
+            "react": (0.0, 2.0),
+            "sharp": (0.0, 40.0),
+            "tol": (0.0, 0.3),
+            "anneal": (0.0, 1.0),
+            "speed": (0.0, 8.0),
+        },
+        # the bold search's optimum (the default Ψ of 2026-12-01): with tol 0 the two reactions are its tanh(20·Δv)
+        {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "sharp": 20.0, "tol": 0.0, "anneal": 0.21, "speed": 1.11},
+    ),
 }
-#: Where the search starts: the base LR, constant (no growth, no reaction, no anneal).
-START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
+
 #: Seeds of the search (training) and of its validation: apart from the harness's tuning and evaluation seeds.
 TRAIN_SEED_BASE = 60_000
 VALID_SEED_BASE = 70_000
@@ -94,6 +144,10 @@ class Args:
     workers: int = field(default=2, metadata={"help": "worker processes (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
     ship: bool = field(default=False, metadata={"help": "also install formula.json as the package's default Ψ (load_policy('default'))"})
+    family: str = field(default="bold", metadata={"help": f"the formula family: {', '.join(FAMILIES)}"})
+    init: list[str] = field(
+        default_factory=list, metadata={"help": "start a constant elsewhere than the family's start, e.g. beta=0.9 (repeatable)", "metavar": "NAME=VALUE"}
+    )
     bound: list[str] = field(default_factory=list, metadata={"help": "narrow a constant's box, e.g. sharp=0,4 (repeatable)", "metavar": "NAME=LO,HI"})
 
 
@@ -105,38 +159,53 @@ def parse_args(argv: list[str] | None = None) -> Args:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.popsize < 4:
         raise ValueError(f"--popsize must be at least 4 for CMA-ES, got {args.popsize}")
-    bounds(args.bound)  # checked here, before any episode runs
+    if args.family not in FAMILIES:
+        raise ValueError(f"--family {args.family!r}: choose one of {', '.join(FAMILIES)}")
+    start_point(args.init, bounds(args.bound, FAMILIES[args.family]), FAMILIES[args.family])  # checked here, before any episode runs
     return args
 
 
-def bounds(overrides: list[str]) -> dict[str, tuple[float, float]]:
-    """:data:`BOUNDS` with ``NAME=LO,HI`` overrides, each inside the family's own box."""
-    out = dict(BOUNDS)
+def bounds(overrides: list[str], family: Family) -> dict[str, tuple[float, float]]:
+    """The family's box with ``NAME=LO,HI`` overrides, each inside the family's own box."""
+    out = dict(family.bounds)
     for text in overrides:
         name, _, values = text.partition("=")
         try:
             lo, hi = (float(v) for v in values.split(","))
         except ValueError:
             raise ValueError(f"--bound {text!r}: write NAME=LO,HI, e.g. sharp=0,4") from None
-        if name not in BOUNDS:
-            raise ValueError(f"--bound {text!r}: unknown constant {name!r}; the family has {', '.join(BOUNDS)}")
-        if not BOUNDS[name][0] <= lo < hi <= BOUNDS[name][1]:
-            raise ValueError(f"--bound {text!r}: need {BOUNDS[name][0]} <= LO < HI <= {BOUNDS[name][1]}")
+        if name not in family.bounds:
+            raise ValueError(f"--bound {text!r}: unknown constant {name!r}; the family has {', '.join(family.bounds)}")
+        low, high = family.bounds[name]
+        if not low <= lo < hi <= high:
+            raise ValueError(f"--bound {text!r}: need {low} <= LO < HI <= {high}")
         out[name] = (lo, hi)
     return out
 
 
-def expression(constants: dict[str, float]) -> str:
-    """The family's formula for these constants."""
-    return FAMILY.format(**{k: f"{v:.6g}" for k, v in constants.items()})
+def start_point(overrides: list[str], box: dict[str, tuple[float, float]], family: Family) -> dict[str, float]:
+    """The family's start with ``NAME=VALUE`` overrides, each inside ``box``."""
+    out = dict(family.start)
+    for text in overrides:
+        name, _, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--init {text!r}: write NAME=VALUE, e.g. beta=0.9") from None
+        if name not in box:
+            raise ValueError(f"--init {text!r}: unknown constant {name!r}; the family has {', '.join(box)}")
+        if not box[name][0] <= number <= box[name][1]:
+            raise ValueError(f"--init {text!r}: {name} must lie in its box [{box[name][0]}, {box[name][1]}]")
+        out[name] = number
+    return out
 
 
-def to_constants(x: np.ndarray, box: dict[str, tuple[float, float]] = BOUNDS) -> dict[str, float]:
+def to_constants(x: np.ndarray, box: dict[str, tuple[float, float]]) -> dict[str, float]:
     """CMA-ES works in the unit box; a point of it as the family's constants."""
     return {name: lo + (hi - lo) * float(np.clip(v, 0.0, 1.0)) for (name, (lo, hi)), v in zip(box.items(), x)}
 
 
-def to_unit(constants: dict[str, float], box: dict[str, tuple[float, float]] = BOUNDS) -> np.ndarray:
+def to_unit(constants: dict[str, float], box: dict[str, tuple[float, float]]) -> np.ndarray:
     return np.array([float(np.clip((constants[name] - lo) / (hi - lo), 0.0, 1.0)) for name, (lo, hi) in box.items()])
 
 
@@ -202,13 +271,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     valid_env = env.replace(base_lr_spread=1.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"CMA-ES over {len(BOUNDS)} constants of {FAMILY}", flush=True)
+    family = FAMILIES[args.family]
+    box = bounds(args.bound, family)
+    print(f"CMA-ES over {len(box)} constants of {family.template}", flush=True)
     print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
-    box = bounds(args.bound)
-    strategy = cma.CMAEvolutionStrategy(to_unit(START, box), args.sigma, {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9})
+    options = {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9}
+    first = start_point(args.init, box, family)
+    strategy = cma.CMAEvolutionStrategy(to_unit(first, box), args.sigma, options)
     pool = ProcessPool(args.workers) if args.workers > 0 else None
     rows: list[dict[str, Any]] = []
-    best: tuple[float, dict[str, float], int] = (-np.inf, START, -1)
+    best: tuple[float, dict[str, float], int] = (-np.inf, first, -1)
     spent = 0
     valid_seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + k) for k in range(args.eval_seeds)]
     try:
@@ -216,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t = time.perf_counter()
             xs = strategy.ask()
             seeds = [env_run_seed(TRAIN_SEED_BASE + 10_000 * args.seed + g * args.seeds + k) for k in range(args.seeds)]
-            scores, epochs = run_candidates([expression(to_constants(x, box)) for x in xs], variants, env, seeds, pool)
+            scores, epochs = run_candidates([family.expression(to_constants(x, box)) for x in xs], variants, env, seeds, pool)
             spent += epochs
             fitness = centred_ranks(scores)
             strategy.tell(xs, list(-fitness))  # cma minimises
@@ -224,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row.update({"validation_return": float("nan"), **{f"valid_{v}": float("nan") for v in range(len(variants))}})  # every row has every column
             if g % args.eval_every == args.eval_every - 1 or g == args.generations - 1:
                 mean = to_constants(strategy.mean, box)
-                valid, epochs = run_candidates([expression(mean)], variants, valid_env, valid_seeds, pool)
+                valid, epochs = run_candidates([family.expression(mean)], variants, valid_env, valid_seeds, pool)
                 spent += epochs
                 per_variant = {f"valid_{v}": float(valid[0, v]) for v in range(len(variants))}
                 row.update({"validation_return": float(valid.mean()), **per_variant, "inner_epochs": spent})
@@ -244,10 +316,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configs = {t: make_task(t, **next(o for n, o in variants if n == t)).config for t in tasks}
     wall = time.perf_counter() - start
     fit = {"validation_return": best[0], "generation": best[2], "constants": constants, "inner_epochs": spent, "wall_time_s": round(wall, 1)}
-    domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": FAMILY, "bounds": box}
+    domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": family.template, "bounds": box}
     path = save_formula(
-        out / "formula.json", expression(constants), name=f"evolved-{Path(args.config).stem}", relative_factor=env.relative_factor,
-        tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --seed {args.seed}",
+        out / "formula.json", family.expression(constants), name=f"evolved-{Path(args.config).stem}", relative_factor=env.relative_factor,
+        tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --family {args.family} --seed {args.seed}",
     )  # fmt: skip
     if args.ship:
         command = f"python -m agents.evolve {' '.join(argv if argv is not None else sys.argv[1:])}"
@@ -255,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"Shipped it as {shipped}")
     plot(rows, out / "evolve.png")
     write_json(out / "summary.json", fit)
-    print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {expression(constants)}")
+    print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {family.expression(constants)}")
     print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
     return fit
 

@@ -16,13 +16,29 @@ def _config(tmp_path):
     return path
 
 
-def test_the_family_maps_the_unit_box_onto_its_constants():
-    constants = evolve.to_constants(evolve.to_unit(evolve.START))
-    assert constants == pytest.approx(evolve.START)
-    assert evolve.to_constants(np.full(len(evolve.BOUNDS), 2.0)) == {k: hi for k, (_, hi) in evolve.BOUNDS.items()}
-    # the start is the base LR, constant: ratio 1 whatever the losses
-    policy = load_policy_of(evolve.expression(evolve.START))
-    assert policy.model.formula(np.random.default_rng(0).normal(size=(5, 8))) == pytest.approx(np.ones(5))
+@pytest.mark.parametrize("name", sorted(evolve.FAMILIES))
+def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_at_the_base_lr(name):
+    family = evolve.FAMILIES[name]
+    constants = evolve.to_constants(evolve.to_unit(family.start, family.bounds), family.bounds)
+    assert constants == pytest.approx(family.start)
+    assert evolve.to_constants(np.full(len(family.bounds), 2.0), family.bounds) == {k: hi for k, (_, hi) in family.bounds.items()}
+    policy = load_policy_of(family.expression(family.start))
+    obs = np.random.default_rng(0).normal(size=(5, 8)) * 0.1
+    if name == "tolerant":  # it starts where the bold search ended: tol 0 makes its two reactions bold's tanh
+        bold = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
+        assert policy.model.formula(obs) == pytest.approx(load_policy_of(evolve.FAMILIES["bold"].expression(bold)).model.formula(obs))
+    else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
+        obs[:, 1] = 0.0  # lr_ratio
+        assert policy.model.formula(obs) == pytest.approx(np.ones(5))
+
+
+def test_the_mixed_family_reacts_to_the_train_loss():
+    family = evolve.FAMILIES["mixed"]
+    policy = load_policy_of(family.expression({**family.start, "react_train": 0.5, "sharp_train": 10.0}))
+    obs = np.zeros((2, 8))
+    obs[:, 4] = [-0.1, 0.1]  # train loss fell, rose
+    up, down = policy.model.formula(obs)
+    assert up == pytest.approx(np.exp(0.5 * np.tanh(1.0))) and down == pytest.approx(np.exp(-0.5 * np.tanh(1.0)))
 
 
 def load_policy_of(text):
@@ -53,11 +69,21 @@ def test_search_writes_a_loadable_formula_reproducibly_and_ships_it(tmp_path, mo
 
 
 def test_bad_settings_are_named(tmp_path):
-    assert evolve.bounds(["sharp=0,4"])["sharp"] == (0.0, 4.0)
+    assert evolve.bounds(["sharp=0,4"], evolve.FAMILIES["bold"])["sharp"] == (0.0, 4.0)
+    with pytest.raises(ValueError, match="--family 'bolder': choose one of bold, mixed"):
+        evolve.parse_args(["--family", "bolder"])
+    with pytest.raises(ValueError, match="need 0.8 <= LO < HI <= 1.0"):
+        evolve.parse_args(["--family", "mixed", "--bound", "beta=0.5,1"])
     with pytest.raises(ValueError, match="unknown constant 'speedy'"):
         evolve.parse_args(["--bound", "speedy=0,1"])
     with pytest.raises(ValueError, match="need 0.0 <= LO < HI <= 20.0"):
         evolve.parse_args(["--bound", "sharp=0,40"])
+    family = evolve.FAMILIES["mixed"]
+    assert evolve.start_point(["beta=0.9"], family.bounds, family) == {**family.start, "beta": 0.9}
+    with pytest.raises(ValueError, match=r"beta must lie in its box \[0.8, 1.0\]"):
+        evolve.parse_args(["--family", "mixed", "--init", "beta=0.5"])
+    with pytest.raises(ValueError, match="write NAME=VALUE"):
+        evolve.parse_args(["--init", "beta"])
     with pytest.raises(ValueError, match="--popsize must be at least 4"):
         evolve.parse_args(["--popsize", "2"])
     empty = tmp_path / "empty.yaml"
