@@ -70,11 +70,12 @@ from lrenv.run_dir import write_json
 
 @dataclass(frozen=True)
 class Family:
-    """A formula template over the ``relative`` features, a box for each constant, and where the search starts."""
+    """A formula template over a feature set, a box for each constant, and where the search starts."""
 
     template: str
     bounds: dict[str, tuple[float, float]]
     start: dict[str, float]
+    features: str = "relative"
 
     def expression(self, constants: dict[str, float]) -> str:
         """The family's formula for these constants."""
@@ -90,6 +91,15 @@ _TOLERANT = (
     "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
     " - {react}*tanh({sharp}*max(valid_loss_change - {tol}, 0)) - {anneal}*exp({speed}*progress))"
 )
+_SPLIT = (
+    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0)) - {react}*tanh({sharp}*max(valid_loss_change, 0))"
+    " - {react_train}*tanh({sharp}*max(train_loss_change, 0)) - {anneal}*exp({speed}*progress))"
+)
+_GAP = "exp({beta}*lr_ratio + {grow} - {react}*tanh({sharp}*valid_loss_change) + {gap}*generalisation_gap - {anneal}*exp({speed}*progress))"
+_BEST = (
+    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
+    " - {react}*tanh({sharp}*valid_loss_above_best) - {anneal}*exp({speed}*progress))"
+)
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 #: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
 _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
@@ -102,6 +112,16 @@ _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "
 #: - ``tolerant``: ``bold`` with separate gains for a falling and a rising validation loss, and
 #:   a tolerance: a rise smaller than ``tol`` (a jitter at a large LR) cuts nothing. It starts
 #:   where the ``bold`` search ended.
+#: - ``split``: ``tolerant`` without the dead zone, plus a cut when the train loss rises: a
+#:   rising train loss means the LR is too large, a rising validation loss alone may be
+#:   overfitting. It starts where the ``bold`` search ended.
+#: - ``gap``: ``bold`` plus a term in the generalisation gap log(L_valid / L_train), which
+#:   tells a run that overfits (MNIST1D-MLP, where tuned step decay holds a large LR) from one
+#:   that does not. It starts where the ``bold`` search ended.
+#: - ``best``: over the ``relative_best`` features. Up when the validation loss fell, as
+#:   ``bold``; down while it stays above the run's best so far (``valid_loss_above_best``), as
+#:   ReduceLROnPlateau, so a loss that is back at its best cuts nothing. Its start has
+#:   ``bold``'s gains and anneal.
 FAMILIES: dict[str, Family] = {
     "bold": Family(_BOLD, _BOX, _START),
     "mixed": Family(
@@ -124,6 +144,31 @@ FAMILIES: dict[str, Family] = {
         # the bold search's optimum (the default Ψ of 2026-12-01): with tol 0 the two reactions are its tanh(20·Δv)
         {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "sharp": 20.0, "tol": 0.0, "anneal": 0.21, "speed": 1.11},
     ),
+    "split": Family(
+        _SPLIT,
+        {
+            "beta": (0.8, 1.0),
+            "grow": (-0.5, 0.5),
+            "rise": (0.0, 2.0),
+            "react": (0.0, 2.0),
+            "react_train": (0.0, 2.0),
+            "sharp": (0.0, 40.0),
+            "anneal": (0.0, 1.0),
+            "speed": (0.0, 8.0),
+        },
+        {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "react_train": 0.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11},
+    ),
+    "gap": Family(
+        _GAP,
+        {**_BOX, "beta": (0.8, 1.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "gap": (-1.0, 1.0)},
+        {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "gap": 0.0, "anneal": 0.21, "speed": 1.11},
+    ),
+    "best": Family(
+        _BEST,
+        {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)},
+        {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11},
+        features="relative_best",
+    ),
 }
 
 #: Seeds of the search (training) and of its validation: apart from the harness's tuning and evaluation seeds.
@@ -141,6 +186,8 @@ class Args:
     sigma: float = field(default=0.25, metadata={"help": "CMA-ES initial step, in units of each constant's box"})
     eval_every: int = field(default=3, metadata={"help": "generations between validations of the CMA-ES mean"})
     eval_seeds: int = field(default=4, metadata={"help": "validation seeds per variant"})
+    finalists: int = field(default=1, metadata={"help": "validated CMA-ES means scored again at the end on --final-seeds (1: keep the best validated one)"})
+    final_seeds: int = field(default=16, metadata={"help": "fresh validation seeds per variant and base-LR setting of each finalist"})
     workers: int = field(default=2, metadata={"help": "worker processes (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
     ship: bool = field(default=False, metadata={"help": "also install formula.json as the package's default Ψ (load_policy('default'))"})
@@ -154,7 +201,7 @@ class Args:
 def parse_args(argv: list[str] | None = None) -> Args:
     parser = dataclass_parser(Args, "python -m agents.evolve", __doc__.split("\n\n")[0])
     args = Args(**vars(parser.parse_args(argv)))
-    for key in ("generations", "popsize", "seeds", "eval_every", "eval_seeds"):
+    for key in ("generations", "popsize", "seeds", "eval_every", "eval_seeds", "finalists", "final_seeds"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.popsize < 4:
@@ -232,7 +279,7 @@ def read_distribution(path: str) -> tuple[list[tuple[str, dict[str, Any]]], EnvC
 
 def run_candidates(exprs: list[str], variants: list, env: EnvConfig, seeds: list[int], pool: ProcessPool | None) -> tuple[np.ndarray, int]:
     """Mean return of each candidate on each variant ``[C, V]`` over ``seeds``, and the inner epochs spent."""
-    policies = [formula_policy(e, relative_factor=env.relative_factor) for e in exprs]
+    policies = [formula_policy(e, features=env.features, relative_factor=env.relative_factor) for e in exprs]
     jobs = []
     for task, overrides in variants:
         slots = [Slot(f"c{c}", (), s, "train", PolicyRef("object", name=f"c{c}", obj=p)) for c, p in enumerate(policies) for s in seeds]
@@ -272,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     family = FAMILIES[args.family]
+    env = env.replace(features=family.features)
+    valid_env = valid_env.replace(features=family.features)
     box = bounds(args.bound, family)
     print(f"CMA-ES over {len(box)} constants of {family.template}", flush=True)
     print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
@@ -280,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     strategy = cma.CMAEvolutionStrategy(to_unit(first, box), args.sigma, options)
     pool = ProcessPool(args.workers) if args.workers > 0 else None
     rows: list[dict[str, Any]] = []
-    best: tuple[float, dict[str, float], int] = (-np.inf, first, -1)
+    validated: list[tuple[float, dict[str, float], int]] = []  # (validation return, constants, generation)
     spent = 0
     valid_seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + k) for k in range(args.eval_seeds)]
     try:
@@ -300,14 +349,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 spent += epochs
                 per_variant = {f"valid_{v}": float(valid[0, v]) for v in range(len(variants))}
                 row.update({"validation_return": float(valid.mean()), **per_variant, "inner_epochs": spent})
-                if valid.mean() > best[0]:
-                    best = (float(valid.mean()), mean, g)
+                validated.append((float(valid.mean()), mean, g))
             row.update({k: round(v, 4) for k, v in to_constants(strategy.mean, box).items()})
             row["seconds"] = round(time.perf_counter() - t, 1)
             rows.append(row)
             write_csv(out / "generations.csv", rows)
             note = f", validation {row['validation_return']:.4f}" if np.isfinite(row["validation_return"]) else ""
             print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
+        best, finals, epochs = pick(validated, args, family, variants, env, valid_env, pool)
+        spent += epochs
     finally:
         if pool is not None:
             pool.close()
@@ -316,10 +366,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configs = {t: make_task(t, **next(o for n, o in variants if n == t)).config for t in tasks}
     wall = time.perf_counter() - start
     fit = {"validation_return": best[0], "generation": best[2], "constants": constants, "inner_epochs": spent, "wall_time_s": round(wall, 1)}
+    if finals:
+        fit["finalists"] = finals
     domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": family.template, "bounds": box}
     path = save_formula(
-        out / "formula.json", family.expression(constants), name=f"evolved-{Path(args.config).stem}", relative_factor=env.relative_factor,
-        tasks=tasks, task_configs=configs, domain=domain, fit=fit, source=f"agents.evolve --config {args.config} --family {args.family} --seed {args.seed}",
+        out / "formula.json", family.expression(constants), name=f"evolved-{Path(args.config).stem}", features=family.features,
+        relative_factor=env.relative_factor, tasks=tasks, task_configs=configs, domain=domain, fit=fit,
+        source=f"agents.evolve --config {args.config} --family {args.family} --seed {args.seed}",
     )  # fmt: skip
     if args.ship:
         command = f"python -m agents.evolve {' '.join(argv if argv is not None else sys.argv[1:])}"
@@ -330,6 +383,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {family.expression(constants)}")
     print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
     return fit
+
+
+def pick(
+    validated: list[tuple[float, dict[str, float], int]],
+    args: Args,
+    family: Family,
+    variants: list,
+    env: EnvConfig,
+    valid_env: EnvConfig,
+    pool: ProcessPool | None,
+) -> tuple[tuple[float, dict[str, float], int], list[dict[str, Any]], int]:
+    """The kept constants: the best validated mean, or with ``--finalists`` K > 1 the best of the K best on fresh seeds.
+
+    The in-search validation has few seeds, and neighbouring means differ by about its noise.
+    Each finalist is scored again on ``--final-seeds`` seeds of its own, at the harness's base
+    LRs and with base LRs set off as in training, and ranked by the mean of the two returns.
+
+    Returns:
+        ``(validation return, constants, generation)`` of the pick, the finalists' scores, inner epochs spent.
+    """
+    ranked = sorted(validated, key=lambda v: -v[0])
+    if args.finalists == 1 or len(ranked) == 1:
+        return ranked[0], [], 0
+    seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
+    finalists = ranked[: args.finalists]
+    exprs = [family.expression(constants) for _, constants, _ in finalists]
+    at_base, spent_base = run_candidates(exprs, variants, valid_env, seeds, pool)
+    set_off, spent_off = run_candidates(exprs, variants, env, seeds, pool)
+    finals = [
+        {"generation": g, "validation_return": v, "final_return_base_lr": float(a.mean()), "final_return_set_off": float(o.mean()), "constants": constants}
+        for (v, constants, g), a, o in zip(finalists, at_base, set_off)
+    ]
+    for f in finals:
+        f["final_return"] = (f["final_return_base_lr"] + f["final_return_set_off"]) / 2
+        print(
+            f"  finalist of generation {f['generation']}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off", flush=True
+        )
+    chosen = max(range(len(finals)), key=lambda k: finals[k]["final_return"])
+    return finalists[chosen], finals, spent_base + spent_off
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -3,6 +3,8 @@ import pytest
 
 from lrenv import load_policy
 from lrenv.agents import evolve
+from lrenv.env import FEATURE_SETS
+from lrenv.formula import formula_policy
 
 
 def _config(tmp_path):
@@ -17,16 +19,24 @@ def _config(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(evolve.FAMILIES))
-def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_at_the_base_lr(name):
+def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_says(name):
     family = evolve.FAMILIES[name]
     constants = evolve.to_constants(evolve.to_unit(family.start, family.bounds), family.bounds)
     assert constants == pytest.approx(family.start)
     assert evolve.to_constants(np.full(len(family.bounds), 2.0), family.bounds) == {k: hi for k, (_, hi) in family.bounds.items()}
-    policy = load_policy_of(family.expression(family.start))
-    obs = np.random.default_rng(0).normal(size=(5, 8)) * 0.1
-    if name == "tolerant":  # it starts where the bold search ended: tol 0 makes its two reactions bold's tanh
+    policy = load_policy_of(family.expression(family.start), family.features)
+    obs = np.abs(np.random.default_rng(0).normal(size=(5, len(FEATURE_SETS[family.features])))) * 0.1
+    if name in ("tolerant", "split", "gap"):  # they start where the bold search ended (two reactions make bold's tanh)
         bold = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
         assert policy.model.formula(obs) == pytest.approx(load_policy_of(evolve.FAMILIES["bold"].expression(bold)).model.formula(obs))
+    elif name == "best":  # bold's gains: a loss above its best cuts as bold cuts a rise of that size
+        bold = load_policy_of(evolve.FAMILIES["bold"].expression({k: family.start[k] for k in evolve.FAMILIES["bold"].bounds}))
+        rose = obs.copy()
+        rose[:, 5] = rose[:, 8]  # the loss rose from its best by exactly that much
+        assert policy.model.formula(rose) == pytest.approx(bold.model.formula(rose[:, :8]))
+        at_best = rose.copy()
+        at_best[:, 8] = 0.0
+        assert (policy.model.formula(at_best) > policy.model.formula(rose)).all()
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))
@@ -41,10 +51,8 @@ def test_the_mixed_family_reacts_to_the_train_loss():
     assert up == pytest.approx(np.exp(0.5 * np.tanh(1.0))) and down == pytest.approx(np.exp(-0.5 * np.tanh(1.0)))
 
 
-def load_policy_of(text):
-    from lrenv.formula import formula_policy
-
-    return formula_policy(text, relative_factor=30.0)
+def load_policy_of(text, features="relative"):
+    return formula_policy(text, features=features, relative_factor=30.0)
 
 
 def test_candidates_are_ranked_per_variant():
@@ -90,3 +98,26 @@ def test_bad_settings_are_named(tmp_path):
     empty.write_text("env: {}\n")
     with pytest.raises(ValueError, match="names no populations"):
         evolve.read_distribution(str(empty))
+
+
+def test_a_search_over_relative_best_features_gives_a_scheduler_that_reads_the_best_loss(tmp_path):
+    import torch
+
+    from lrenv import FormulaScheduler, load_scheduler
+
+    argv = ["--config", str(_config(tmp_path)), "--family", "best", "--generations", "2", "--popsize", "4", "--seeds", "1", "--eval-every", "1"]
+    fit = evolve.main([*argv, "--eval-seeds", "1", "--finalists", "2", "--final-seeds", "1", "--workers", "0", "--out", str(tmp_path / "evolve")])
+    # both validated means were scored again, and the kept one is the better of the two there
+    finals = fit["finalists"]
+    assert sorted(f["generation"] for f in finals) == [0, 1] and fit["generation"] == max(finals, key=lambda f: f["final_return"])["generation"]
+    policy = load_policy(tmp_path / "evolve" / "formula.json")
+    assert policy.model.formula.features == "relative_best" and "valid_loss_above_best" in policy.model.formula.expression
+    # in a plain loop the scheduler builds the same feature: the LR falls while the loss is above its best
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = FormulaScheduler(optimizer, "exp(-valid_loss_above_best)", features="relative_best", epochs=6)
+    lrs = []
+    for valid in (1.0, 0.8, 0.9, 1.0, 0.8):  # epoch 0, then a new best, two epochs above it, and back
+        scheduler.step(train_loss=valid, valid_loss=valid)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1 * 0.8 / 0.9, 0.1 * 0.8 / 1.0, 0.1], rtol=1e-5)
+    assert np.isfinite(load_scheduler(optimizer, tmp_path / "evolve" / "formula.json", epochs=6).get_last_lr()).all()
