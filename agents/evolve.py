@@ -2,14 +2,14 @@
 
 Usage::
 
-    python -m agents.evolve --bound beta=0.8,1 --ship --out runs/evolve   # the shipped default Ψ (~8 min)
-    python -m agents.evolve --family mixed --out runs/evolve-mixed  # the family that also reads the train loss
+    python -m agents.evolve --family best --sigma 0.15 --finalists 4 --ship   # the shipped default Ψ (~6 min)
+    python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold          # the default before it
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
-    python -m agents.evaluate --tasks all --runs runs/evolve/formula.json
+    python -m agents.evaluate --tasks all --runs runs/evolve-smoke/formula.json
 
 RL learns Ψ as a network and :mod:`agents.distill` turns it into a formula afterwards. This
 script searches the formula directly. Each family (:data:`FAMILIES`, ``--family``) is bold driver
-with a memory and a late anneal, over the ``relative`` features. ``bold``::
+with a memory and a late anneal. ``bold``, over the ``relative`` features::
 
     log(α_i / α_base) = β · log(α_{i-1} / α_base) + g − a · tanh(h · Δv_i) − c · e^{k · i/T}
 
@@ -19,8 +19,10 @@ with a memory and a late anneal, over the ``relative`` features. ``bold``::
 - With β < 1 it is pulled back to a level.
 - The last term anneals.
 
-``mixed`` adds a reaction to the train loss's change, ``− a_t · tanh(h_t · Δt_i)``: the train
-loss keeps falling while the validation loss turns up from overfitting or jitters at a large LR.
+``best``, over the ``relative_best`` features, splits the reaction: up by ``r · tanh(h ·
+max(−Δv_i, 0))`` when the loss fell, down by ``a · tanh(h · b_i)`` while it stays above the
+run's best so far, ``b_i = log(L_i / min_{j≤i} L_j)``. The other families are listed in
+:data:`FAMILIES`.
 
 The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
 
@@ -32,6 +34,8 @@ The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
   dominates.
 - **Validation.** Every ``--eval-every`` generations the CMA-ES mean is scored on fixed
   validation seeds (base LRs not set off, as the harness runs), and the best one is kept.
+  With ``--finalists K``, the K best are scored again on ``--final-seeds`` fresh seeds, at the
+  harness's base LRs and set off, and the best mean of the two is kept (:func:`pick`).
 - **Seeds** come from their own bases, never the harness's tuning or evaluation seeds.
 
 Writes ``formula.json`` (loadable by ``lrenv.load_policy`` / ``load_scheduler`` /
@@ -380,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"Shipped it as {shipped}")
     plot(rows, out / "evolve.png")
     write_json(out / "summary.json", fit)
-    print(f"Best validation return {best[0]:.4f} (generation {best[2]}): {family.expression(constants)}")
+    again = f", {max(f['final_return'] for f in finals):.4f} on the final seeds" if finals else ""
+    print(f"Kept the CMA-ES mean of generation {best[2]} (validation return {best[0]:.4f}{again}): {family.expression(constants)}")
     print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
     return fit
 
