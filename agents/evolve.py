@@ -107,6 +107,8 @@ _BEST = (
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 #: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
 _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
+#: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
+_BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
 #:
 #: - ``bold``: bold driver on the validation loss with a memory and a late anneal.
@@ -145,8 +147,7 @@ FAMILIES: dict[str, Family] = {
             "anneal": (0.0, 1.0),
             "speed": (0.0, 8.0),
         },
-        # the bold search's optimum (the default Ψ of 2026-12-01): with tol 0 the two reactions are its tanh(20·Δv)
-        {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "sharp": 20.0, "tol": 0.0, "anneal": 0.21, "speed": 1.11},
+        {**_BOLD_OPTIMUM, "rise": 1.0, "tol": 0.0},  # with tol 0 its two reactions are bold's tanh(20·Δv)
     ),
     "split": Family(
         _SPLIT,
@@ -160,17 +161,17 @@ FAMILIES: dict[str, Family] = {
             "anneal": (0.0, 1.0),
             "speed": (0.0, 8.0),
         },
-        {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "react_train": 0.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11},
+        {**_BOLD_OPTIMUM, "rise": 1.0, "react_train": 0.0},
     ),
     "gap": Family(
         _GAP,
         {**_BOX, "beta": (0.8, 1.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "gap": (-1.0, 1.0)},
-        {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "gap": 0.0, "anneal": 0.21, "speed": 1.11},
+        {**_BOLD_OPTIMUM, "gap": 0.0},
     ),
     "best": Family(
         _BEST,
         {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)},
-        {"beta": 0.8, "grow": -0.0065, "rise": 1.0, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11},
+        {**_BOLD_OPTIMUM, "rise": 1.0},
         features="relative_best",
     ),
 }
