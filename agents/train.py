@@ -480,6 +480,8 @@ def plot_learning(run: RunDir, title: str) -> Any:
                 plot_reference(ax_valid, label, by_label[label], line.get_color())
         ax_valid.plot(t, [r["mean_return"] for r in records], color="k", linewidth=2, label="mean")
         ax_valid.legend(fontsize=6)
+    else:
+        ax_valid.text(0.5, 0.5, "no validation episodes (eval_freq is 0)", ha="center", va="center", transform=ax_valid.transAxes)
     ax_valid.set(xlabel="timesteps (inner epochs)", ylabel="return", title="validation episodes (fixed seeds, deterministic)")
     fig.suptitle(title)
     fig.tight_layout()
