@@ -2,8 +2,9 @@
 
 Usage::
 
-    python -m agents.evolve --family best --sigma 0.15 --finalists 4 --ship   # the shipped default Ψ (~6 min)
-    python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold          # the default before it
+    python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --ship   # the shipped default Ψ (~6-13 min)
+    python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the default before it
+    python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the one before that
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve-smoke/formula.json
 
@@ -104,7 +105,12 @@ _BEST = (
     "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
     " - {react}*tanh({sharp}*valid_loss_above_best) - {anneal}*exp({speed}*progress))"
 )
+_PATIENCE = (
+    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
+    " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best) - {anneal}*exp({speed}*progress))"
+)
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
+_BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 #: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
 _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
@@ -128,6 +134,9 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   ``bold``; down while it stays above the run's best so far (``valid_loss_above_best``), as
 #:   ReduceLROnPlateau, so a loss that is back at its best cuts nothing. Its start has
 #:   ``bold``'s gains and anneal.
+#: - ``patience``: ``best`` whose cut grows with the epochs since the best (``epochs_since_best``):
+#:   a loss may jitter above its best for a while, as ReduceLROnPlateau's patience allows. It
+#:   starts at the pick of the ``best`` search, whose cut starts at once.
 FAMILIES: dict[str, Family] = {
     "bold": Family(_BOLD, _BOX, _START),
     "mixed": Family(
@@ -170,8 +179,15 @@ FAMILIES: dict[str, Family] = {
     ),
     "best": Family(
         _BEST,
-        {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)},
+        _BEST_BOX,
         {**_BOLD_OPTIMUM, "rise": 1.0},
+        features="relative_best",
+    ),
+    "patience": Family(
+        _PATIENCE,
+        {**_BEST_BOX, "patience": (0.0, 200.0)},
+        # the pick of best's search (the default before it): patience 100 makes its cut start at once
+        {"beta": 0.811, "grow": -0.0069, "rise": 0.825, "react": 1.487, "sharp": 21.0, "anneal": 0.137, "speed": 0.113, "patience": 100.0},
         features="relative_best",
     ),
 }

@@ -183,15 +183,18 @@ def test_relative_best_reads_the_validation_loss_against_its_best_so_far():
         return EpochStats(train_loss=np.ones(len(valid)), train_loss_std=np.zeros(len(valid)), valid_loss=valid)
 
     observer = Observer("relative_best", n=2)
-    above = observer.names.index("valid_loss_above_best")
-    assert observer.names[:8] == Observer("relative").names  # "relative", then one more
+    above, since = observer.names.index("valid_loss_above_best"), observer.names.index("epochs_since_best")
+    assert observer.names[:8] == Observer("relative").names  # "relative", then two more
     obs = observer.reset([0, 1], stats([2.0, 2.0]), lr=np.full(2, 0.1), epochs=np.full(2, 4), lr_range=np.array([[1e-3, 1.0]] * 2))
     assert obs[:, above].tolist() == [0.0, 0.0]
     obs = observer.update(stats([1.5, 2.5]), np.full(2, 0.1))
     np.testing.assert_allclose(obs[:, above], [0.0, np.log(2.5 / 2.0)], rtol=1e-6)
+    np.testing.assert_allclose(obs[:, since], [0.0, 0.25])  # epochs since the best / the budget of 4
     obs = observer.update(stats([1.8, np.nan]), np.full(2, 0.1))  # a non-finite loss is never the best
     np.testing.assert_allclose(obs[0, above], np.log(1.8 / 1.5), rtol=1e-6)
+    np.testing.assert_allclose(obs[:, since], [0.25, 0.5])
     obs = observer.update(stats([1.2, 1.9]), np.full(2, 0.1))
     np.testing.assert_allclose(obs[:, above], [0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(obs[:, since], [0.0, 0.0])
     obs = observer.reset([1], stats([3.0]), lr=np.full(1, 0.1), epochs=np.full(1, 4), lr_range=np.array([[1e-3, 1.0]]))
-    assert obs[0, above] == 0.0 and observer.best_valid.tolist() == [1.2, 3.0]  # a new episode forgets the old best
+    assert obs[0, above] == 0.0 and obs[0, since] == 0.0 and observer.best_valid.tolist() == [1.2, 3.0]  # a new episode forgets the old best

@@ -37,6 +37,14 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         at_best = rose.copy()
         at_best[:, 8] = 0.0
         assert (policy.model.formula(at_best) > policy.model.formula(rose)).all()
+    elif name == "patience":  # best's pick: an epoch after the best, its cut is best's
+        best = evolve.FAMILIES["best"]
+        previous = load_policy_of(best.expression({k: family.start[k] for k in best.bounds}), "relative_best")
+        obs[:, 9] = 0.05
+        assert policy.model.formula(obs) == pytest.approx(previous.model.formula(obs), rel=1e-3)
+        just_now = obs.copy()
+        just_now[:, 9] = 0.0  # the best was this epoch: no cut yet
+        assert (policy.model.formula(just_now) > policy.model.formula(obs)).all()
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))

@@ -34,15 +34,17 @@ index  name                    meaning                                          
 
 Indices 0 and 2–7 are those of ``"standard"``.
 
-``"relative_best"`` — ``"relative"`` and one more: how far the validation loss is above the
-best of the run so far, the signal of ReduceLROnPlateau and early stopping. A policy that
-only sees the last change cannot tell a loss that is back at its best from one that is not.
+``"relative_best"`` — ``"relative"`` and two more: how far the validation loss is above the
+best of the run so far, and how long ago that best was: the signals of ReduceLROnPlateau
+and early stopping. A policy that only sees the last change cannot tell a loss that is back
+at its best from one that is not.
 
 =====  =========================  ================================================  ===========
 index  name                       meaning                                           bounds
 =====  =========================  ================================================  ===========
 8      ``valid_loss_above_best``  log(valid loss / lowest valid loss so far,        [0, 20]
                                   epoch 0's included)
+9      ``epochs_since_best``      epochs since that lowest loss, / epoch budget T   [0, 1]
 =====  =========================  ================================================  ===========
 
 ``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
@@ -95,7 +97,13 @@ _STANDARD = (
 FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
     "standard": _STANDARD,
     "relative": (_STANDARD[0], Feature("lr_ratio", -_LR_RATIO, _LR_RATIO), *_STANDARD[2:]),
-    "relative_best": (_STANDARD[0], Feature("lr_ratio", -_LR_RATIO, _LR_RATIO), *_STANDARD[2:], Feature("valid_loss_above_best", 0.0, _LOSS_RATIO)),
+    "relative_best": (
+        _STANDARD[0],
+        Feature("lr_ratio", -_LR_RATIO, _LR_RATIO),
+        *_STANDARD[2:],
+        Feature("valid_loss_above_best", 0.0, _LOSS_RATIO),
+        Feature("epochs_since_best", 0.0, 1.0),
+    ),
     "minimal": (
         Feature("progress", 0.0, 1.0),
         Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
@@ -137,6 +145,7 @@ class Observer:
         self.first_train, self.first_valid = nan.copy(), nan.copy()
         self.train, self.valid = nan.copy(), nan.copy()
         self.best_valid = nan.copy()
+        self.best_epoch = np.zeros(n, dtype=np.int64)
 
     def reset(
         self,
@@ -166,6 +175,7 @@ class Observer:
         self.log_lr_range[idx] = np.log(np.asarray(lr_range, dtype=np.float64))
         self.first_train[idx] = self.train[idx] = initial.train_loss
         self.first_valid[idx] = self.valid[idx] = self.best_valid[idx] = initial.valid_loss
+        self.best_epoch[idx] = 0
         zeros = np.zeros(len(idx))
         return self._observe(idx, initial.train_loss, initial.valid_loss, zeros, zeros, zeros)
 
@@ -179,7 +189,9 @@ class Observer:
         with np.errstate(divide="ignore", invalid="ignore"):
             spread = stats.train_loss_std / np.abs(stats.train_loss)
         self.train, self.valid = np.array(stats.train_loss, float), np.array(stats.valid_loss, float)
-        self.best_valid = np.fmin(self.best_valid, self.valid)  # a non-finite loss is never the best
+        improved = self.valid < self.best_valid  # False for a non-finite loss: it is never the best
+        self.best_valid = np.where(improved, self.valid, self.best_valid)
+        self.best_epoch = np.where(improved, self.epoch, self.best_epoch)
         return self._observe(idx, self.train, self.valid, train_change, valid_change, spread)
 
     def _observe(self, idx, train, valid, train_change, valid_change, spread) -> np.ndarray:
@@ -194,6 +206,7 @@ class Observer:
             "train_loss_spread": spread,
             "generalisation_gap": _log(valid) - _log(train),
             "valid_loss_above_best": _log(valid) - _log(self.best_valid[idx]),
+            "epochs_since_best": (self.epoch[idx] - self.best_epoch[idx]) / self.epochs[idx],
         }
         with np.errstate(divide="ignore", invalid="ignore"):
             obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
