@@ -111,6 +111,18 @@ _PATIENCE = (
 )
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
+
+
+def _inserted(box: dict[str, tuple[float, float]], after: str, **extra: tuple[float, float]) -> dict[str, tuple[float, float]]:
+    """``box`` with ``extra`` constants right after ``after``: CMA-ES's coordinates follow the box's order."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, bounds in box.items():
+        out[name] = bounds
+        if name == after:
+            out.update(extra)
+    return out
+
+
 #: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
 _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
@@ -146,30 +158,12 @@ FAMILIES: dict[str, Family] = {
     ),
     "tolerant": Family(
         _TOLERANT,
-        {
-            "beta": (0.8, 1.0),
-            "grow": (-0.5, 0.5),
-            "rise": (0.0, 2.0),
-            "react": (0.0, 2.0),
-            "sharp": (0.0, 40.0),
-            "tol": (0.0, 0.3),
-            "anneal": (0.0, 1.0),
-            "speed": (0.0, 8.0),
-        },
+        _inserted(_BEST_BOX, after="sharp", tol=(0.0, 0.3)),
         {**_BOLD_OPTIMUM, "rise": 1.0, "tol": 0.0},  # with tol 0 its two reactions are bold's tanh(20·Δv)
     ),
     "split": Family(
         _SPLIT,
-        {
-            "beta": (0.8, 1.0),
-            "grow": (-0.5, 0.5),
-            "rise": (0.0, 2.0),
-            "react": (0.0, 2.0),
-            "react_train": (0.0, 2.0),
-            "sharp": (0.0, 40.0),
-            "anneal": (0.0, 1.0),
-            "speed": (0.0, 8.0),
-        },
+        _inserted(_BEST_BOX, after="react", react_train=(0.0, 2.0)),
         {**_BOLD_OPTIMUM, "rise": 1.0, "react_train": 0.0},
     ),
     "gap": Family(

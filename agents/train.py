@@ -241,7 +241,7 @@ def make_callbacks(config: dict[str, Any], run: RunDir, venv: Any, env: EnvConfi
 
 def write_reference(run: RunDir, config: dict[str, Any], env: EnvConfig, progress: bool) -> dict[str, Any] | None:
     """Compute :func:`reference_returns` for a run that logged returns, write it to the run folder and print it."""
-    if not ((run.path / RunDir.VALIDATION).is_file() or run.episodes_file.is_file()):
+    if not logged_returns(run):
         return None  # no training or validation return to set beside them
     start = time.perf_counter()
     try:
@@ -341,8 +341,13 @@ def keep_best(run: RunDir, config: dict[str, Any]) -> None:
     best = run.adopt_best()
     if best is not None:
         print(f"Kept the policy of timestep {best['timesteps']}, best on validation (mean return {best['mean_return']:.4f})")
-    if (run.path / RunDir.VALIDATION).is_file() or run.episodes_file.is_file():
+    if logged_returns(run):
         run.write_figure(RunDir.LEARNING_PLOT, plot_learning(run, config["name"]))
+
+
+def logged_returns(run: RunDir) -> bool:
+    """Whether the run logged training or validation returns (what learning.png and the reference stand beside)."""
+    return (run.path / RunDir.VALIDATION).is_file() or run.episodes_file.is_file()
 
 
 def make_logger(run: RunDir, verbose: int, tracker: Any) -> Logger:
