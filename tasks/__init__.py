@@ -9,6 +9,15 @@
 ``Friedman-MLP-v0``           tanh MLP regressing Friedman's function #1 (squared error), AdamW
 ============================  ===============================================================
 
+Width variants of the training families, for training distributions (same data, optimizer
+and budget; only the hidden width differs). They are not part of the evaluation's task set:
+
+============================  ===============================================================
+``MNIST1D-MLP-narrow-v0``     MLP 40-32-32-10: fits less, still improving at 20 epochs
+``MNIST1D-MLP-wide-v0``       MLP 40-256-256-10: overfits sooner than the width-100 model
+``Digits-MLP-wide-v0``        MLP 64-512-10
+============================  ===============================================================
+
 Importing registers and does nothing else: data are generated or read on the first
 ``task.data()`` call and cached in memory for the process (MNIST-1D also on disk, see
 :mod:`lrenv.data_cache`). Nothing is ever downloaded.
@@ -32,5 +41,7 @@ TRAIN_TASKS = ("NoisyQuadratic-v0", "MNIST1D-MLP-v0", "Digits-MLP-v0")
 #: it is held out in model and optimizer, not in data; TextGRU-v1 is held out in everything;
 #: Friedman-MLP-v0 is a family of its own (regression, squared error, tanh, AdamW, 30 epochs).
 HELDOUT_TASKS = ("MNIST1D-CNN-v0", "TextGRU-v1", "Friedman-MLP-v0")
+#: Training families at other widths (the second table above): variants to train on, not tasks to evaluate.
+WIDTH_VARIANTS = ("MNIST1D-MLP-narrow-v0", "MNIST1D-MLP-wide-v0", "Digits-MLP-wide-v0")
 
-__all__ = ["BUILTIN_TASKS", "HELDOUT_TASKS", "TRAIN_TASKS", "digits", "mnist1d", "quadratic", "regression", "text"]
+__all__ = ["BUILTIN_TASKS", "HELDOUT_TASKS", "TRAIN_TASKS", "WIDTH_VARIANTS", "digits", "mnist1d", "quadratic", "regression", "text"]

@@ -66,8 +66,22 @@ class DigitsMLP(ClassificationTask):
         """The fixed splits; ``seed`` is accepted for the contract and ignored."""
         return load_data()
 
+    #: Units of the hidden layer (the width variant below changes only this).
+    hidden = 64
+
     def model(self, generator: torch.Generator) -> nn.Module:
-        return seeded_module(lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), generator)
+        h = self.hidden
+        return seeded_module(lambda: nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, 10)), generator)
+
+
+class DigitsMLPWide(DigitsMLP):
+    """``Digits-MLP-wide-v0``: ``Digits-MLP-v0`` at width 512 (64-512-10), a training variant.
+
+    Same data, optimizer and budget; eight times the hidden units of the base model.
+    """
+
+    hidden = 512
 
 
 register("Digits-MLP-v0", DigitsMLP)
+register("Digits-MLP-wide-v0", DigitsMLPWide)

@@ -91,11 +91,32 @@ class MNIST1DMLP(_MNIST1DTask):
         target_loss=1.0,
     )
 
+    #: Units of each hidden layer (the width variants below change only this).
+    hidden = 100
+
     def model(self, generator: torch.Generator) -> nn.Module:
-        return seeded_module(
-            lambda: nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)),
-            generator,
-        )
+        h = self.hidden
+        return seeded_module(lambda: nn.Sequential(nn.Linear(40, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10)), generator)
+
+
+class MNIST1DMLPNarrow(MNIST1DMLP):
+    """``MNIST1D-MLP-narrow-v0``: ``MNIST1D-MLP-v0`` at width 32 (40-32-32-10), a training variant.
+
+    Same data, optimizer and budget. Fewer units overfit later and fit less: a schedule
+    can hold a large LR longer than on the width-100 model.
+    """
+
+    hidden = 32
+
+
+class MNIST1DMLPWide(MNIST1DMLP):
+    """``MNIST1D-MLP-wide-v0``: ``MNIST1D-MLP-v0`` at width 256 (40-256-256-10), a training variant.
+
+    Same data, optimizer and budget. It overfits sooner than the width-100 model: its
+    validation loss turns up within a few epochs at the default LR.
+    """
+
+    hidden = 256
 
 
 def _conv_net() -> nn.Sequential:
@@ -142,3 +163,5 @@ class MNIST1DCNN(_MNIST1DTask):
 
 register("MNIST1D-MLP-v0", MNIST1DMLP)
 register("MNIST1D-CNN-v0", MNIST1DCNN)
+register("MNIST1D-MLP-narrow-v0", MNIST1DMLPNarrow)
+register("MNIST1D-MLP-wide-v0", MNIST1DMLPWide)

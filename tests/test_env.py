@@ -1,12 +1,13 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import lrenv
 from lrenv import LREnv
-from lrenv.tasks import BUILTIN_TASKS
+from lrenv.tasks import BUILTIN_TASKS, WIDTH_VARIANTS
 
 
 def _episode(env, actions, seed):
@@ -21,7 +22,26 @@ def _episode(env, actions, seed):
 
 
 def test_builtin_tasks_are_registered():
-    assert set(BUILTIN_TASKS) <= set(lrenv.list_tasks())
+    assert set(BUILTIN_TASKS) | set(WIDTH_VARIANTS) <= set(lrenv.list_tasks())
+
+
+@pytest.mark.parametrize(("variant", "base", "widths"), [
+    ("MNIST1D-MLP-narrow-v0", "MNIST1D-MLP-v0", [32, 32]),
+    ("MNIST1D-MLP-wide-v0", "MNIST1D-MLP-v0", [256, 256]),
+    ("Digits-MLP-wide-v0", "Digits-MLP-v0", [512]),
+])  # fmt: skip
+def test_width_variants_change_only_the_hidden_width(variant, base, widths):
+    task, reference = lrenv.make_task(variant), lrenv.make_task(base)
+    assert task.config == reference.config
+    assert task.data() is reference.data()
+    model = task.model(torch.Generator().manual_seed(0))
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears[:-1]] == widths
+    assert (linears[0].in_features, linears[-1].out_features) == (reference.model(torch.Generator())[0].in_features, 10)
+    env = LREnv(variant, device="cpu", task_config={"epochs": 2})
+    env.reset(seed=0)
+    _, reward, *_ = env.step(np.zeros(1, np.float32))
+    assert np.isfinite(reward) and reward > 0
 
 
 @pytest.mark.parametrize("task", BUILTIN_TASKS)
