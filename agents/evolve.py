@@ -67,8 +67,8 @@ from lrenv.evaluation import write_csv
 from lrenv.evaluation.executor import ProcessPool
 from lrenv.evaluation.protocol import Job, PolicyRef, Slot, env_run_seed
 from lrenv.evaluation.runner import Episode, run_job
-from lrenv.formula import formula_policy, save_formula
-from lrenv.policy import DEFAULT_POLICY, DEFAULT_POLICY_DIR
+from lrenv.formula import formula_policy, read_formula, save_formula
+from lrenv.policy import DEFAULT_POLICY, DEFAULT_POLICY_DIR, SHIPPED_POLICIES, PolicyFileError, shipped_policy_dir
 from lrenv.registry import make_task
 from lrenv.run_dir import write_json
 
@@ -207,6 +207,14 @@ class Args:
     seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
     ship: bool = field(default=False, metadata={"help": "also install formula.json as the package's default Ψ (load_policy('default'))"})
     family: str = field(default="bold", metadata={"help": f"the formula family: {', '.join(FAMILIES)}"})
+    start: str = field(
+        default="",
+        metadata={
+            "help": "start at the constants of an evolved formula.json (or 'default', the shipped one) of the same family;"
+            " with --finalists > 1 it competes in the final pick",
+            "metavar": "FORMULA",
+        },
+    )
     init: list[str] = field(
         default_factory=list, metadata={"help": "start a constant elsewhere than the family's start, e.g. beta=0.9 (repeatable)", "metavar": "NAME=VALUE"}
     )
@@ -223,8 +231,28 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise ValueError(f"--popsize must be at least 4 for CMA-ES, got {args.popsize}")
     if args.family not in FAMILIES:
         raise ValueError(f"--family {args.family!r}: choose one of {', '.join(FAMILIES)}")
-    start_point(args.init, bounds(args.bound, FAMILIES[args.family]), FAMILIES[args.family])  # checked here, before any episode runs
+    family = FAMILIES[args.family]
+    start_point(args.init, bounds(args.bound, family), family, read_start(args.start, args.family))  # checked here, before any episode runs
     return args
+
+
+def read_start(source: str, family_name: str) -> dict[str, float] | None:
+    """The constants of an evolved formula (a ``formula.json``, its folder, or a shipped name) of a family; ``None`` for ``""``."""
+    if not source:
+        return None
+    family = FAMILIES[family_name]
+    path = shipped_policy_dir(source) if source in SHIPPED_POLICIES else Path(source)
+    try:
+        saved = read_formula(path)
+    except (FileNotFoundError, PolicyFileError) as exc:
+        raise ValueError(f"--start {source!r}: {exc}") from None
+    constants = saved.fit.get("constants")
+    if saved.domain.get("family") != family.template or not isinstance(constants, dict) or set(constants) != set(family.bounds):
+        raise ValueError(
+            f"--start {source!r}: it was not evolved in the family {family_name!r} (its template: {saved.domain.get('family')!r}); "
+            "pass the --family it was evolved in"
+        )
+    return {name: float(constants[name]) for name in family.bounds}
 
 
 def bounds(overrides: list[str], family: Family) -> dict[str, tuple[float, float]]:
@@ -245,9 +273,9 @@ def bounds(overrides: list[str], family: Family) -> dict[str, tuple[float, float
     return out
 
 
-def start_point(overrides: list[str], box: dict[str, tuple[float, float]], family: Family) -> dict[str, float]:
-    """The family's start with ``NAME=VALUE`` overrides, each inside ``box``."""
-    out = dict(family.start)
+def start_point(overrides: list[str], box: dict[str, tuple[float, float]], family: Family, start: dict[str, float] | None = None) -> dict[str, float]:
+    """The family's start (or ``start``) with ``NAME=VALUE`` overrides, each inside ``box``."""
+    out = dict(start or family.start)
     for text in overrides:
         name, _, value = text.partition("=")
         try:
@@ -340,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"CMA-ES over {len(box)} constants of {family.template}", flush=True)
     print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
     options = {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9}
-    first = start_point(args.init, box, family)
+    first = start_point(args.init, box, family, read_start(args.start, args.family))
     strategy = cma.CMAEvolutionStrategy(to_unit(first, box), args.sigma, options)
     pool = ProcessPool(args.workers) if args.workers > 0 else None
     rows: list[dict[str, Any]] = []
@@ -371,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_csv(out / "generations.csv", rows)
             note = f", validation {row['validation_return']:.4f}" if np.isfinite(row["validation_return"]) else ""
             print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
-        best, finals, epochs = pick(validated, args, family, variants, env, valid_env, pool)
+        best, finals, epochs = pick(validated, args, family, variants, env, valid_env, pool, first if args.start else None)
         spent += epochs
     finally:
         if pool is not None:
@@ -396,34 +424,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot(rows, out / "evolve.png")
     write_json(out / "summary.json", fit)
     again = f", {max(f['final_return'] for f in finals):.4f} on the final seeds" if finals else ""
-    print(f"Kept the CMA-ES mean of generation {best[2]} (validation return {best[0]:.4f}{again}): {family.expression(constants)}")
+    kept = "the start (--start)" if best[2] < 0 else f"the CMA-ES mean of generation {best[2]} (validation return {best[0]:.4f}{again})"
+    print(f"Kept {kept}: {family.expression(constants)}")
     print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
     return fit
 
 
 def pick(
-    validated: list[tuple[float, dict[str, float], int]],
+    validated: list[tuple[float | None, dict[str, float], int]],
     args: Args,
     family: Family,
     variants: list,
     env: EnvConfig,
     valid_env: EnvConfig,
     pool: ProcessPool | None,
-) -> tuple[tuple[float, dict[str, float], int], list[dict[str, Any]], int]:
+    start: dict[str, float] | None = None,
+) -> tuple[tuple[float | None, dict[str, float], int], list[dict[str, Any]], int]:
     """The kept constants: the best validated mean, or with ``--finalists`` K > 1 the best of the K best on fresh seeds.
 
     The in-search validation has few seeds, and neighbouring means differ by about its noise.
     Each finalist is scored again on ``--final-seeds`` seeds of its own, at the harness's base
     LRs and with base LRs set off as in training, and ranked by the mean of the two returns.
+    A ``start`` (``--start``) competes as a finalist of generation -1: a search that finds
+    nothing better on the final seeds returns where it started.
 
     Returns:
         ``(validation return, constants, generation)`` of the pick, the finalists' scores, inner epochs spent.
     """
     ranked = sorted(validated, key=lambda v: -v[0])
-    if args.finalists == 1 or len(ranked) == 1:
+    if args.finalists == 1 or (len(ranked) == 1 and start is None):
         return ranked[0], [], 0
     seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
-    finalists = ranked[: args.finalists]
+    finalists = ranked[: args.finalists] + ([(None, start, -1)] if start is not None else [])
     exprs = [family.expression(constants) for _, constants, _ in finalists]
     at_base, spent_base = run_candidates(exprs, variants, valid_env, seeds, pool)
     set_off, spent_off = run_candidates(exprs, variants, env, seeds, pool)
@@ -433,9 +465,8 @@ def pick(
     ]
     for f in finals:
         f["final_return"] = (f["final_return_base_lr"] + f["final_return_set_off"]) / 2
-        print(
-            f"  finalist of generation {f['generation']}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off", flush=True
-        )
+        label = "the start" if f["generation"] < 0 else f"finalist of generation {f['generation']}"
+        print(f"  {label}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off", flush=True)
     chosen = max(range(len(finals)), key=lambda k: finals[k]["final_return"])
     return finalists[chosen], finals, spent_base + spent_off
 

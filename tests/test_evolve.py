@@ -129,3 +129,19 @@ def test_a_search_over_relative_best_features_gives_a_scheduler_that_reads_the_b
         lrs.append(optimizer.param_groups[0]["lr"])
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1 * 0.8 / 0.9, 0.1 * 0.8 / 1.0, 0.1], rtol=1e-5)
     assert np.isfinite(load_scheduler(optimizer, tmp_path / "evolve" / "formula.json", epochs=6).get_last_lr()).all()
+
+
+def test_a_search_can_start_from_an_evolved_formula_which_then_competes_in_the_pick(tmp_path):
+    argv = ["--config", str(_config(tmp_path)), "--family", "best", "--popsize", "4", "--seeds", "1", "--eval-every", "1", "--eval-seeds", "1"]
+    argv += ["--workers", "0"]
+    first = evolve.main([*argv, "--generations", "1", "--out", str(tmp_path / "first")])
+    start = str(tmp_path / "first" / "formula.json")
+    assert evolve.read_start(start, "best") == pytest.approx(first["constants"])
+    fit = evolve.main([*argv, "--generations", "2", "--start", start, "--finalists", "2", "--final-seeds", "1", "--out", str(tmp_path / "second")])
+    finals = {f["generation"]: f for f in fit["finalists"]}
+    assert sorted(finals) == [-1, 0, 1] and finals[-1]["constants"] == pytest.approx(first["constants"]) and finals[-1]["validation_return"] is None
+    assert fit["constants"] == max(finals.values(), key=lambda f: f["final_return"])["constants"]
+    with pytest.raises(ValueError, match="not evolved in the family 'bold'"):
+        evolve.parse_args(["--family", "bold", "--start", start])
+    with pytest.raises(ValueError, match="--start 'nowhere.json'"):
+        evolve.parse_args(["--family", "best", "--start", "nowhere.json"])
