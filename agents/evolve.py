@@ -2,9 +2,10 @@
 
 Usage::
 
-    python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --ship   # the shipped default Ψ (~6-13 min)
-    python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the default before it
-    python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the one before that
+    python -m agents.evolve --config agents/configs/psi.yaml --family patience --start default --generations 20 --finalists 4  # from the default Ψ
+    python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --out runs/evolve-patience   # the default before it (~6 min)
+    python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the one before that
+    python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the first
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve-smoke/formula.json
 
