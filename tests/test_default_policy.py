@@ -29,6 +29,22 @@ def test_the_default_policy_is_small_plain_data_and_loads_by_name():
     assert fit["inner_epochs"] <= 200_000 and fit["wall_time_s"] <= 3600  # the meta-training budget
 
 
+def test_the_default_policys_recorded_command_is_a_valid_search_that_reproduces_its_family(monkeypatch):
+    import shlex
+
+    from lrenv.agents import evolve
+
+    saved = json.loads((DEFAULT_POLICY_DIR / "formula.json").read_text())
+    words = shlex.split(saved["source"])
+    assert words[:3] == ["python", "-m", "agents.evolve"] and "--ship" in words
+    monkeypatch.chdir(CONFIG_DIR.parent.parent)  # the command runs from the repository root, where its --config lies
+    args = evolve.parse_args(words[3:])
+    family = evolve.FAMILIES[args.family]
+    assert saved["domain"]["family"] == family.template and set(saved["fit"]["constants"]) == set(family.bounds)
+    variants, _ = evolve.read_distribution(args.config)
+    assert [{"task": t, "task_config": o} for t, o in variants] == saved["domain"]["variants"]
+
+
 def test_the_shipped_rl_policy_is_small_plain_data_and_loads_by_name():
     files = sorted(p.name for p in ARS_POLICY_DIR.iterdir())
     assert files == sorted(["config.json", "policy.json", "policy.safetensors"] + (["normalization.json"] if "normalization.json" in files else []))
