@@ -33,7 +33,8 @@ The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
   ``base_lr_spread`` either way.
 - **Fitness.** Each candidate's mean return log(L_0 / L_T) is ranked among the candidates per
   variant, and the centred ranks are averaged over variants. No task's scale or a divergence
-  dominates.
+  dominates. With ``--seeds-at-base`` K, K more seeds run at the harness's base
+  LRs (the task's ``default_lr``, not set off), and their ranks are averaged with the others.
 - **Validation.** Every ``--eval-every`` generations the CMA-ES mean is scored on fixed
   validation seeds (base LRs not set off, as the harness runs), and the best one is kept.
   With ``--finalists K``, the K best are scored again on ``--final-seeds`` fresh seeds, at the
@@ -110,6 +111,11 @@ _PATIENCE = (
     "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
     " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best) - {anneal}*exp({speed}*progress))"
 )
+_GATED = (
+    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
+    " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best)*(1 - tanh({learning}*max(-train_loss_change, 0)))"
+    " - {anneal}*exp({speed}*progress))"
+)
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 
@@ -150,6 +156,10 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #: - ``patience``: ``best`` whose cut grows with the epochs since the best (``epochs_since_best``):
 #:   a loss may jitter above its best for a while, as ReduceLROnPlateau's patience allows. It
 #:   starts at the pick of the ``best`` search, whose cut starts at once.
+#: - ``gated``: ``patience`` whose cut fades while the train loss still falls fast
+#:   (``1 − tanh(l · max(−Δt_i, 0))``): a validation loss that jitters above its best while
+#:   the model still learns, as at the large LR tuned step decay holds on MNIST1D-MLP, cuts
+#:   less. It starts at the default Ψ of ``psi.yaml`` with l = 0 (no gate).
 FAMILIES: dict[str, Family] = {
     "bold": Family(_BOLD, _BOX, _START),
     "mixed": Family(
@@ -185,6 +195,12 @@ FAMILIES: dict[str, Family] = {
         {"beta": 0.811, "grow": -0.0069, "rise": 0.825, "react": 1.487, "sharp": 21.0, "anneal": 0.137, "speed": 0.113, "patience": 100.0},
         features="relative_best",
     ),
+    "gated": Family(
+        _GATED,
+        {**_BEST_BOX, "patience": (0.0, 200.0), "learning": (0.0, 40.0)},
+        {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81, "learning": 0.0},
+        features="relative_best",
+    ),
 }
 
 #: Seeds of the search (training) and of its validation: apart from the harness's tuning and evaluation seeds.
@@ -200,6 +216,9 @@ class Args:
     popsize: int = field(default=10, metadata={"help": "candidates per generation"})
     seeds: int = field(default=3, metadata={"help": "fresh seeds per variant and generation"})
     sigma: float = field(default=0.25, metadata={"help": "CMA-ES initial step, in units of each constant's box"})
+    seeds_at_base: int = field(
+        default=0, metadata={"help": "more seeds per variant and generation at the harness's base LRs (not set off); their ranks weigh as much as the others'"}
+    )
     eval_every: int = field(default=3, metadata={"help": "generations between validations of the CMA-ES mean"})
     eval_seeds: int = field(default=4, metadata={"help": "validation seeds per variant"})
     finalists: int = field(default=1, metadata={"help": "validated CMA-ES means scored again at the end on --final-seeds (1: keep the best validated one)"})
@@ -228,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     for key in ("generations", "popsize", "seeds", "eval_every", "eval_seeds", "finalists", "final_seeds"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if args.seeds_at_base < 0:
+        raise ValueError(f"--seeds-at-base must be 0 or more, got {args.seeds_at_base}")
     if args.popsize < 4:
         raise ValueError(f"--popsize must be at least 4 for CMA-ES, got {args.popsize}")
     if args.family not in FAMILIES:
@@ -380,10 +401,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for g in range(args.generations):
             t = time.perf_counter()
             xs = strategy.ask()
+            exprs = [family.expression(to_constants(x, box)) for x in xs]
             seeds = [env_run_seed(TRAIN_SEED_BASE + 10_000 * args.seed + g * args.seeds + k) for k in range(args.seeds)]
-            scores, epochs = run_candidates([family.expression(to_constants(x, box)) for x in xs], variants, env, seeds, pool)
+            scores, epochs = run_candidates(exprs, variants, env, seeds, pool)
             spent += epochs
             fitness = centred_ranks(scores)
+            if args.seeds_at_base:  # ranked apart, then averaged: both settings weigh alike whatever their return scales
+                at_base = [env_run_seed(TRAIN_SEED_BASE + 10_000 * args.seed + 5_000 + g * args.seeds_at_base + k) for k in range(args.seeds_at_base)]
+                scores_base, epochs = run_candidates(exprs, variants, valid_env, at_base, pool)
+                spent += epochs
+                fitness = (fitness + centred_ranks(scores_base)) / 2
             strategy.tell(xs, list(-fitness))  # cma minimises
             row: dict[str, Any] = {"generation": g, "best_fitness": float(fitness.max()), "mean_return": float(scores.mean()), "inner_epochs": spent}
             row.update({"validation_return": float("nan"), **{f"valid_{v}": float("nan") for v in range(len(variants))}})  # every row has every column

@@ -45,6 +45,14 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         just_now = obs.copy()
         just_now[:, 9] = 0.0  # the best was this epoch: no cut yet
         assert (policy.model.formula(just_now) > policy.model.formula(obs)).all()
+    elif name == "gated":  # the default Ψ of psi.yaml (a patience formula) with no gate; a falling train loss softens the cut
+        patience = evolve.FAMILIES["patience"]
+        ungated = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        assert policy.model.formula(obs) == pytest.approx(ungated.model.formula(obs))
+        above = obs.copy()
+        above[:, 8], above[:, 9], above[:, 4] = 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
+        gated = load_policy_of(family.expression({**family.start, "learning": 10.0}), "relative_best")
+        assert (gated.model.formula(above) > policy.model.formula(above)).all()
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))
@@ -145,3 +153,11 @@ def test_a_search_can_start_from_an_evolved_formula_which_then_competes_in_the_p
         evolve.parse_args(["--family", "bold", "--start", start])
     with pytest.raises(ValueError, match="--start 'nowhere.json'"):
         evolve.parse_args(["--family", "best", "--start", "nowhere.json"])
+
+
+def test_seeds_at_the_base_lrs_are_run_and_counted(tmp_path):
+    argv = ["--config", str(_config(tmp_path)), "--generations", "1", "--popsize", "4", "--seeds", "1", "--eval-seeds", "1", "--workers", "0"]
+    fit = evolve.main([*argv, "--seeds-at-base", "2", "--out", str(tmp_path / "evolve")])
+    assert fit["inner_epochs"] == (4 * 3 + 4 * 4) * (1 + 2) + (3 + 4)  # candidates on 1 set-off and 2 base seeds, then a validation
+    with pytest.raises(ValueError, match="--seeds-at-base must be 0 or more"):
+        evolve.parse_args(["--seeds-at-base", "-1"])
