@@ -85,3 +85,17 @@ def test_concurrent_writers_never_expose_a_half_written_cache_entry(tmp_path):
         assert w.exitcode == 0
     assert reads and set(reads) == {64}  # every read saw a whole entry
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file is left behind
+
+
+def test_a_pool_closes_although_its_progress_reports_were_never_read():
+    from lrenv.evaluation.executor import draining
+
+    ctx = multiprocessing.get_context("spawn")
+    reports = ctx.Queue()
+    worker = ctx.Process(target=reports.put, args=(b"x" * 300_000,))  # more than a pipe holds
+    worker.start()
+    worker.join(timeout=3)
+    assert worker.is_alive()  # the trap: it waits to flush its report into a pipe nobody reads
+    with draining(reports):
+        worker.join(timeout=60)
+    assert worker.exitcode == 0

@@ -17,8 +17,9 @@ import contextlib
 import multiprocessing
 import os
 import queue as queue_module
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -120,7 +121,32 @@ class ProcessPool:
         return done
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        with draining(self._queue):  # reports nobody read would keep the workers from exiting
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def draining(progress: Any) -> Iterator[None]:
+    """Read and drop what arrives on a multiprocessing queue while the block runs.
+
+    A process that put items on a queue flushes them into its pipe when it exits. A pipe
+    that nobody reads holds 64 KiB, so a pool whose progress was never read (a caller that
+    only submits and collects results) would wait forever for its workers to exit.
+    """
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(queue_module.Empty):
+                progress.get(timeout=0.05)
+
+    reader = threading.Thread(target=read, name="lrenv-progress-drain", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reader.join()
 
 
 class Executor:
