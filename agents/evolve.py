@@ -116,6 +116,10 @@ _GATED = (
     " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best)*(1 - tanh({learning}*max(-train_loss_change, 0)))"
     " - {anneal}*exp({speed}*progress))"
 )
+_REMEMBER = (
+    "exp(({beta} + {hold}*tanh({sharp}*max(-valid_loss_change, 0)))*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
+    " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best) - {anneal}*exp({speed}*progress))"
+)
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 
@@ -160,6 +164,9 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   (``1 − tanh(l · max(−Δt_i, 0))``): a validation loss that jitters above its best while
 #:   the model still learns, as at the large LR tuned step decay holds on MNIST1D-MLP, cuts
 #:   less. It starts at the default Ψ of ``psi.yaml`` with l = 0 (no gate).
+#: - ``remember``: ``patience`` whose memory grows while the validation loss falls fast
+#:   (``β + m · tanh(h · max(−Δv_i, 0))``): a level that works is kept and compounds, a
+#:   flat loss pulls it back as before. It starts at the default Ψ of ``psi.yaml`` with m = 0.
 FAMILIES: dict[str, Family] = {
     "bold": Family(_BOLD, _BOX, _START),
     "mixed": Family(
@@ -199,6 +206,12 @@ FAMILIES: dict[str, Family] = {
         _GATED,
         {**_BEST_BOX, "patience": (0.0, 200.0), "learning": (0.0, 40.0)},
         {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81, "learning": 0.0},
+        features="relative_best",
+    ),
+    "remember": Family(
+        _REMEMBER,
+        _inserted({**_BEST_BOX, "patience": (0.0, 200.0)}, after="beta", hold=(0.0, 0.2)),
+        {"beta": 0.8, "hold": 0.0, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81},
         features="relative_best",
     ),
 }

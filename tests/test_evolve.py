@@ -45,6 +45,14 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         just_now = obs.copy()
         just_now[:, 9] = 0.0  # the best was this epoch: no cut yet
         assert (policy.model.formula(just_now) > policy.model.formula(obs)).all()
+    elif name == "remember":  # the default Ψ of psi.yaml with a fixed memory; a falling loss lengthens it
+        patience = evolve.FAMILIES["patience"]
+        fixed = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        assert policy.model.formula(obs) == pytest.approx(fixed.model.formula(obs))
+        fell = obs.copy()
+        fell[:, 1], fell[:, 5] = 1.0, -0.2  # a raised level, and the loss fell 18 %
+        longer = load_policy_of(family.expression({**family.start, "hold": 0.1}), "relative_best")
+        assert longer.model.formula(fell) == pytest.approx(policy.model.formula(fell) * np.exp(0.1 * np.tanh(38.59 * 0.2)))
     elif name == "gated":  # the default Ψ of psi.yaml (a patience formula) with no gate; a falling train loss softens the cut
         patience = evolve.FAMILIES["patience"]
         ungated = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
