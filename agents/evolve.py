@@ -107,21 +107,17 @@ _BEST = (
     "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
     " - {react}*tanh({sharp}*valid_loss_above_best) - {anneal}*exp({speed}*progress))"
 )
-_PATIENCE = (
-    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
-    " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best) - {anneal}*exp({speed}*progress))"
-)
-_GATED = (
-    "exp({beta}*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
-    " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best)*(1 - tanh({learning}*max(-train_loss_change, 0)))"
-    " - {anneal}*exp({speed}*progress))"
-)
-_REMEMBER = (
-    "exp(({beta} + {hold}*tanh({sharp}*max(-valid_loss_change, 0)))*lr_ratio + {grow} + {rise}*tanh({sharp}*max(-valid_loss_change, 0))"
-    " - {react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best) - {anneal}*exp({speed}*progress))"
-)
+# pieces of the families that keep the best loss so far: up when the loss fell, a cut gated by
+# the epochs since the best, and the anneal
+_FELL = "tanh({sharp}*max(-valid_loss_change, 0))"
+_PATIENT_CUT = "{react}*tanh({sharp}*valid_loss_above_best)*tanh({patience}*epochs_since_best)"
+_ANNEAL = "{anneal}*exp({speed}*progress)"
+_PATIENCE = f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT} - {_ANNEAL})"
+_GATED = f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0))) - {_ANNEAL})"
+_REMEMBER = f"exp(({{beta}} + {{hold}}*{_FELL})*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT} - {_ANNEAL})"
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
+_PATIENCE_BOX = {**_BEST_BOX, "patience": (0.0, 200.0)}
 
 
 def _inserted(box: dict[str, tuple[float, float]], after: str, **extra: tuple[float, float]) -> dict[str, tuple[float, float]]:
@@ -136,6 +132,8 @@ def _inserted(box: dict[str, tuple[float, float]], after: str, **extra: tuple[fl
 
 #: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
 _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
+#: The default Ψ of ``psi.yaml`` (a ``patience`` formula, to 4 digits): where ``gated`` and ``remember`` start.
+_PSI_DEFAULT = {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -197,21 +195,21 @@ FAMILIES: dict[str, Family] = {
     ),
     "patience": Family(
         _PATIENCE,
-        {**_BEST_BOX, "patience": (0.0, 200.0)},
+        _PATIENCE_BOX,
         # the pick of best's search (the default before it): patience 100 makes its cut start at once
         {"beta": 0.811, "grow": -0.0069, "rise": 0.825, "react": 1.487, "sharp": 21.0, "anneal": 0.137, "speed": 0.113, "patience": 100.0},
         features="relative_best",
     ),
     "gated": Family(
         _GATED,
-        {**_BEST_BOX, "patience": (0.0, 200.0), "learning": (0.0, 40.0)},
-        {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81, "learning": 0.0},
+        {**_PATIENCE_BOX, "learning": (0.0, 40.0)},
+        {**_PSI_DEFAULT, "learning": 0.0},
         features="relative_best",
     ),
     "remember": Family(
         _REMEMBER,
-        _inserted({**_BEST_BOX, "patience": (0.0, 200.0)}, after="beta", hold=(0.0, 0.2)),
-        {"beta": 0.8, "hold": 0.0, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81},
+        _inserted(_PATIENCE_BOX, after="beta", hold=(0.0, 0.2)),
+        {**_PSI_DEFAULT, "hold": 0.0},
         features="relative_best",
     ),
 }
