@@ -115,6 +115,11 @@ _ANNEAL = "{anneal}*exp({speed}*progress)"
 _PATIENCE = f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT} - {_ANNEAL})"
 _GATED = f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0))) - {_ANNEAL})"
 _REMEMBER = f"exp(({{beta}} + {{hold}}*{_FELL})*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT} - {_ANNEAL})"
+_PHASED = (
+    f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL}*(1 - {{fade}}*progress)"
+    " - {react}*tanh({tolerance}*valid_loss_above_best)*tanh({patience}*epochs_since_best)*(1 - {calm}*(1 - progress))"
+    f" - {_ANNEAL})"
+)
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _PATIENCE_BOX = {**_BEST_BOX, "patience": (0.0, 200.0)}
@@ -165,6 +170,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #: - ``remember``: ``patience`` whose memory grows while the validation loss falls fast
 #:   (``β + m · tanh(h · max(−Δv_i, 0))``): a level that works is kept and compounds, a
 #:   flat loss pulls it back as before. It starts at the default Ψ of ``psi.yaml`` with m = 0.
+#: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
+#:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
+#:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
+#:   decay on MNIST1D-MLP holds a large LR through a jittering loss and cuts once, late; the
+#:   default cuts at the first jitter and regrows after each cut. It starts at the default Ψ
+#:   of ``psi.yaml`` with calm = fade = 0.
 FAMILIES: dict[str, Family] = {
     "bold": Family(_BOLD, _BOX, _START),
     "mixed": Family(
@@ -210,6 +221,12 @@ FAMILIES: dict[str, Family] = {
         _REMEMBER,
         _inserted(_PATIENCE_BOX, after="beta", hold=(0.0, 0.2)),
         {**_PSI_DEFAULT, "hold": 0.0},
+        features="relative_best",
+    ),
+    "phased": Family(
+        _PHASED,
+        {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},
+        {**_PSI_DEFAULT, "tolerance": _PSI_DEFAULT["sharp"], "calm": 0.0, "fade": 0.0},
         features="relative_best",
     ),
 }

@@ -61,6 +61,21 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         above[:, 8], above[:, 9], above[:, 4] = 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
         gated = load_policy_of(family.expression({**family.start, "learning": 10.0}), "relative_best")
         assert (gated.model.formula(above) > policy.model.formula(above)).all()
+    elif name == "phased":  # the default Ψ of psi.yaml; calm weakens an early cut, fade a late rise
+        patience = evolve.FAMILIES["patience"]
+        default = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        assert policy.model.formula(obs) == pytest.approx(default.model.formula(obs))
+        cut = obs.copy()
+        cut[:, 5], cut[:, 8], cut[:, 9] = 0.0, 0.05, 0.1  # above its best for a while, no fall
+        calm = load_policy_of(family.expression({**family.start, "calm": 1.0}), "relative_best")
+        early, late = cut.copy(), cut.copy()
+        early[:, 0], late[:, 0] = 0.0, 1.0
+        assert (calm.model.formula(early) > policy.model.formula(early)).all()  # no cut at the start
+        assert calm.model.formula(late) == pytest.approx(policy.model.formula(late))  # the full cut at the end
+        fell = obs.copy()
+        fell[:, 0], fell[:, 5] = 1.0, -0.2
+        faded = load_policy_of(family.expression({**family.start, "fade": 1.0}), "relative_best")
+        assert (faded.model.formula(fell) < policy.model.formula(fell)).all()  # no rise at the end
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))
