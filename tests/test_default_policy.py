@@ -72,7 +72,8 @@ def test_the_shipped_schedulers_take_the_scale_from_the_optimizer_and_the_shape_
     small, large = np.array(lrs_for(1e-3, name=name)), np.array(lrs_for(0.1, torch.optim.Adam, name=name))
     np.testing.assert_allclose(large, 100 * small, rtol=1e-9)  # 100x the base LR: 100x every LR
     assert len(set(np.round(small / 1e-3, 9))) > 3  # a schedule, not a constant factor
-    assert np.all(small >= 1e-3 / 30 * (1 - 1e-12)) and np.all(small <= 1e-3 * 30 * (1 + 1e-12))
+    f = lrenv.load_policy(name).env_config.relative_factor  # the policy's own box around the base LR
+    assert np.all(small >= 1e-3 / f * (1 - 1e-12)) and np.all(small <= 1e-3 * f * (1 + 1e-12))
 
 
 def test_the_default_policy_in_the_evaluation_harness(tmp_path):
