@@ -8,6 +8,7 @@ Usage::
     python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the first
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve-smoke/formula.json
+    python -m agents.evolve --config agents/configs/psi.yaml --seed 1 --rescore default runs/evolve-smoke/formula.json  # no search
 
 RL learns Ψ as a network and :mod:`agents.distill` turns it into a formula afterwards. This
 script searches the formula directly. Each family (:data:`FAMILIES`, ``--family``) is bold driver
@@ -40,6 +41,10 @@ The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
   With ``--finalists K``, the K best are scored again on ``--final-seeds`` fresh seeds, at the
   harness's base LRs and set off, and the best mean of the two is kept (:func:`pick`).
 - **Seeds** come from their own bases, never the harness's tuning or evaluation seeds.
+
+``--rescore FORMULA ...`` searches nothing: it scores each formula file (or shipped name), at
+its own box, on the final seeds of ``--seed`` (:func:`rescore`), so that a pick can be checked
+on seeds no search used, paired with the formula it would replace.
 
 Writes ``formula.json`` (loadable by ``lrenv.load_policy`` / ``load_scheduler`` /
 ``agents.evaluate --runs``), ``generations.csv`` (every generation's fitness, validation, inner
@@ -267,6 +272,13 @@ class Args:
         default_factory=list, metadata={"help": "start a constant elsewhere than the family's start, e.g. beta=0.9 (repeatable)", "metavar": "NAME=VALUE"}
     )
     bound: list[str] = field(default_factory=list, metadata={"help": "narrow a constant's box, e.g. sharp=0,4 (repeatable)", "metavar": "NAME=LO,HI"})
+    rescore: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "search nothing: score these formula files (or shipped names) on --final-seeds seeds of --seed, as the final pick does",
+            "metavar": "FORMULA",
+        },
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -283,7 +295,18 @@ def parse_args(argv: list[str] | None = None) -> Args:
         raise ValueError(f"--family {args.family!r}: choose one of {', '.join(FAMILIES)}")
     family = FAMILIES[args.family]
     start_point(args.init, bounds(args.bound, family), family, read_start(args.start, args.family))  # checked here, before any episode runs
+    for source in args.rescore:
+        read_scored(source)
     return args
+
+
+def read_scored(source: str):
+    """A ``--rescore`` formula: a ``formula.json``, its folder, or a shipped name."""
+    path = shipped_policy_dir(source) if source in SHIPPED_POLICIES else Path(source)
+    try:
+        return read_formula(path)
+    except (FileNotFoundError, PolicyFileError) as exc:
+        raise ValueError(f"--rescore {source!r}: {exc}") from None
 
 
 def read_start(source: str, family_name: str) -> dict[str, float] | None:
@@ -398,16 +421,57 @@ def centred_ranks(scores: np.ndarray) -> np.ndarray:
     return ranks.mean(1)
 
 
+def final_seeds(args: Args) -> list[int]:
+    """The seeds the final pick (and ``--rescore``) scores on: fresh ones of their own for each ``--seed``."""
+    return [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
+
+
+def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
+    """Each ``--rescore`` formula's mean return on :func:`final_seeds`, at the harness's base LRs and set off.
+
+    Each formula acts with its own features and box (``relative_factor``); the episodes (tasks,
+    seeds, base LRs drawn from the seeds) are the same for all, so the differences are paired.
+    """
+    rows = []
+    pool = ProcessPool(args.workers) if args.workers > 0 else None
+    try:
+        for source in args.rescore:
+            saved = read_scored(source)
+            own = env.replace(features=saved.formula.features, relative_factor=saved.relative_factor)
+            expression = [saved.formula.expression]
+            at_base, _ = run_candidates(expression, variants, own.replace(base_lr_spread=1.0), final_seeds(args), pool)
+            set_off, _ = run_candidates(expression, variants, own, final_seeds(args), pool)
+            row = {"formula": source, "relative_factor": saved.relative_factor}
+            row.update(return_base_lr=float(at_base.mean()), return_set_off=float(set_off.mean()))
+            row["return"] = (row["return_base_lr"] + row["return_set_off"]) / 2
+            row.update({f"base_{v}": float(at_base[0, v]) for v in range(len(variants))})
+            row.update({f"set_off_{v}": float(set_off[0, v]) for v in range(len(variants))})
+            rows.append(row)
+            scores = f"{row['return_base_lr']:.4f} at the base LRs, {row['return_set_off']:.4f} set off, mean {row['return']:.4f}"
+            print(f"  {source} (x{saved.relative_factor:g}): {scores}", flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    args = parse_args(argv)
+    start = time.perf_counter()
+    variants, env = read_distribution(args.config)
+    if args.rescore:
+        print(f"Scoring {len(args.rescore)} formula(s) on {len(variants)} variants x {args.final_seeds} final seeds of --seed {args.seed}", flush=True)
+        rows = rescore(args, variants, env)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_csv(Path(args.out) / "rescore.csv", rows)
+        print(f"Wrote {Path(args.out) / 'rescore.csv'} in {time.perf_counter() - start:.0f} s")
+        return {"rescored": rows}
     try:
         import cma
     except ImportError as exc:
         raise SystemExit('agents.evolve needs cma: pip install "lrenv[fit]" (or pip install cma)') from exc
 
-    torch.set_num_threads(1)
-    args = parse_args(argv)
-    start = time.perf_counter()
-    variants, env = read_distribution(args.config)
     valid_env = env.replace(base_lr_spread=1.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -510,7 +574,7 @@ def pick(
     ranked = sorted(validated, key=lambda v: -v[0])
     if args.finalists == 1 or (len(ranked) == 1 and start is None):
         return ranked[0], [], 0
-    seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
+    seeds = final_seeds(args)
     finalists = ranked[: args.finalists] + ([(None, start, -1)] if start is not None else [])
     exprs = [family.expression(constants) for _, constants, _ in finalists]
     at_base, spent_base = run_candidates(exprs, variants, valid_env, seeds, pool)

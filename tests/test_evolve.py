@@ -184,3 +184,19 @@ def test_seeds_at_the_base_lrs_are_run_and_counted(tmp_path):
     assert fit["inner_epochs"] == (4 * 3 + 4 * 4) * (1 + 2) + (3 + 4)  # candidates on 1 set-off and 2 base seeds, then a validation
     with pytest.raises(ValueError, match="--seeds-at-base must be 0 or more"):
         evolve.parse_args(["--seeds-at-base", "-1"])
+
+
+def test_rescore_scores_formulas_on_the_seeds_of_the_final_pick(tmp_path):
+    argv = ["--config", str(_config(tmp_path)), "--family", "best", "--popsize", "4", "--seeds", "1", "--eval-every", "1", "--eval-seeds", "1"]
+    argv += ["--final-seeds", "2", "--workers", "0"]
+    fit = evolve.main([*argv, "--generations", "2", "--finalists", "2", "--out", str(tmp_path / "search")])
+    kept = next(f for f in fit["finalists"] if f["generation"] == fit["generation"])
+    out = evolve.main([*argv, "--rescore", str(tmp_path / "search" / "formula.json"), "default", "--out", str(tmp_path / "rescore")])
+    searched, default = out["rescored"]
+    # the same episodes as the pick: the kept formula scores exactly what it scored there
+    assert (searched["return_base_lr"], searched["return_set_off"]) == pytest.approx((kept["final_return_base_lr"], kept["final_return_set_off"]))
+    assert default["formula"] == "default" and default["relative_factor"] == load_policy("default").env_config.relative_factor
+    assert np.isfinite([default["return_base_lr"], default["return_set_off"], default["base_1"], default["set_off_1"]]).all()
+    assert (tmp_path / "rescore" / "rescore.csv").read_text().count("\n") == 3
+    with pytest.raises(ValueError, match="--rescore 'nowhere.json'"):
+        evolve.parse_args(["--rescore", "nowhere.json"])
