@@ -120,6 +120,11 @@ _ANNEAL = "{anneal}*exp({speed}*progress)"
 _PATIENCE = f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT} - {_ANNEAL})"
 _GATED = f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0))) - {_ANNEAL})"
 _REMEMBER = f"exp(({{beta}} + {{hold}}*{_FELL})*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT} - {_ANNEAL})"
+_HYPER = (
+    f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}"
+    " + {push}*tanh({sharp}*(valid_loss_change_before - valid_loss_change))*tanh({feel}*lr_change)"
+    f" - {_ANNEAL})"
+)
 _PHASED = (
     f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL}*(1 - {{fade}}*progress)"
     " - {react}*tanh({tolerance}*valid_loss_above_best)*tanh({patience}*epochs_since_best)*(1 - {calm}*(1 - progress))"
@@ -175,6 +180,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #: - ``remember``: ``patience`` whose memory grows while the validation loss falls fast
 #:   (``β + m · tanh(h · max(−Δv_i, 0))``): a level that works is kept and compounds, a
 #:   flat loss pulls it back as before. It starts at the default Ψ of ``psi.yaml`` with m = 0.
+#: - ``hyper``: ``patience`` over the ``relative_hyper`` features, plus the sign of a
+#:   hypergradient on log LR: ``push · tanh(h · (Δv_{i−1} − Δv_i)) · tanh(f · Δlog α_i)``
+#:   moves the LR on in the direction of its last move when the loss then fell faster, and
+#:   back when it fell slower. A cut that helped is followed by another, not by the regrowth
+#:   that a falling loss alone calls for. It starts at the default Ψ of ``psi.yaml`` with
+#:   push = 0.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -227,6 +238,12 @@ FAMILIES: dict[str, Family] = {
         _inserted(_PATIENCE_BOX, after="beta", hold=(0.0, 0.2)),
         {**_PSI_DEFAULT, "hold": 0.0},
         features="relative_best",
+    ),
+    "hyper": Family(
+        _HYPER,
+        {**_PATIENCE_BOX, "push": (0.0, 2.0), "feel": (0.0, 20.0)},
+        {**_PSI_DEFAULT, "push": 0.0, "feel": 5.0},
+        features="relative_hyper",
     ),
     "phased": Family(
         _PHASED,

@@ -161,7 +161,7 @@ def test_bad_arguments_name_what_is_allowed(tiny_task):
         LREnv(tiny_task, reward="accuracy")
     with pytest.raises(ValueError, match="choose one of absolute, relative, multiplier"):
         LREnv(tiny_task, action_mode="cyclic")
-    with pytest.raises(ValueError, match="choose one of standard, relative, relative_best, minimal"):
+    with pytest.raises(ValueError, match="choose one of standard, relative, relative_best, relative_hyper, minimal"):
         LREnv(tiny_task, features="all")
     with pytest.raises(TypeError, match="allowed: epochs, batch_size"):
         LREnv(tiny_task, task_config={"epoch": 3})
@@ -218,3 +218,31 @@ def test_relative_best_reads_the_validation_loss_against_its_best_so_far():
     np.testing.assert_allclose(obs[:, since], [0.0, 0.0])
     obs = observer.reset([1], stats([3.0]), lr=np.full(1, 0.1), epochs=np.full(1, 4), lr_range=np.array([[1e-3, 1.0]]))
     assert obs[0, above] == 0.0 and obs[0, since] == 0.0 and observer.best_valid.tolist() == [1.2, 3.0]  # a new episode forgets the old best
+
+
+def test_relative_hyper_reads_the_last_move_of_the_lr_and_the_loss_change_before_it():
+    from lrenv.engine import EpochStats
+    from lrenv.env import Observer
+
+    def stats(valid):
+        valid = np.array(valid, dtype=float)
+        return EpochStats(train_loss=np.ones(len(valid)), train_loss_std=np.zeros(len(valid)), valid_loss=valid)
+
+    observer = Observer("relative_hyper", n=2)
+    move, before = observer.names.index("lr_change"), observer.names.index("valid_loss_change_before")
+    assert observer.names[:10] == Observer("relative_best").names  # "relative_best", then two more
+    obs = observer.reset([0, 1], stats([2.0, 2.0]), lr=np.full(2, 0.1), epochs=np.full(2, 4), lr_range=np.array([[1e-3, 1.0]] * 2))
+    assert obs[:, move].tolist() == [0.0, 0.0] and obs[:, before].tolist() == [0.0, 0.0]
+    obs = observer.update(stats([1.5, 2.5]), np.array([0.2, 0.05]))  # epoch 1 at 2x and 0.5x the base
+    np.testing.assert_allclose(obs[:, move], np.log([2.0, 0.5]), rtol=1e-6)
+    assert obs[:, before].tolist() == [0.0, 0.0]
+    obs = observer.update(stats([1.2, np.nan]), np.array([0.2, 0.5]))
+    np.testing.assert_allclose(obs[:, move], [0.0, np.log(10.0)], atol=1e-6)
+    np.testing.assert_allclose(obs[:, before], np.log([1.5 / 2.0, 2.5 / 2.0]), rtol=1e-6)  # epoch 1's changes
+    obs = observer.update(stats([1.1, 2.0]), np.array([0.1, 0.5]))
+    np.testing.assert_allclose(obs[0, before], np.log(1.2 / 1.5), rtol=1e-6)
+    assert np.isfinite(obs).all()  # the diverged run's changes are clipped to bounds, not NaN
+    obs = observer.reset([0], stats([3.0]), lr=np.full(1, 0.1), epochs=np.full(1, 4), lr_range=np.array([[1e-3, 1.0]]))
+    assert obs[0, move] == 0.0 and obs[0, before] == 0.0  # a new episode forgets the old moves
+    obs = observer.update(stats([2.0, 1.9]), np.array([0.1, 0.5]))
+    assert obs[0, before] == 0.0 and obs[0, move] == 0.0

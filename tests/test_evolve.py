@@ -61,6 +61,16 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         above[:, 8], above[:, 9], above[:, 4] = 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
         gated = load_policy_of(family.expression({**family.start, "learning": 10.0}), "relative_best")
         assert (gated.model.formula(above) > policy.model.formula(above)).all()
+    elif name == "hyper":  # the default Ψ of psi.yaml; push moves the LR on where its last move sped the fall up
+        patience = evolve.FAMILIES["patience"]
+        default = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        assert policy.model.formula(obs) == pytest.approx(default.model.formula(obs[:, :10]))
+        pushed = load_policy_of(family.expression({**family.start, "push": 1.0}), "relative_hyper")
+        helped, hurt = obs.copy(), obs.copy()
+        helped[:, 10], helped[:, 11], helped[:, 5] = -0.7, -0.05, -0.2  # a cut, then the loss fell faster
+        hurt[:, 10], hurt[:, 11], hurt[:, 5] = 0.7, -0.2, -0.05  # a rise, then it fell slower
+        assert (pushed.model.formula(helped) < policy.model.formula(helped)).all()  # cut again
+        assert (pushed.model.formula(hurt) < policy.model.formula(hurt)).all()  # and undo the rise
     elif name == "phased":  # the default Ψ of psi.yaml; calm weakens an early cut, fade a late rise
         patience = evolve.FAMILIES["patience"]
         default = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")

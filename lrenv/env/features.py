@@ -47,6 +47,21 @@ index  name                       meaning                                       
 9      ``epochs_since_best``      epochs since that lowest loss, / epoch budget T   [0, 1]
 =====  =========================  ================================================  ===========
 
+``"relative_hyper"`` — ``"relative_best"`` and two more: the last move of the LR and the
+validation loss's change the epoch before, so a policy can tell whether its own last move
+helped (the sign of a hypergradient on log LR: a cut followed by a faster fall helped; a
+rise followed by a slower one did not). Without them a cut that lowers the loss reads like
+an LR that is right, and bold driver raises it again.
+
+=====  ==============================  ===========================================  ===========
+index  name                            meaning                                      bounds
+=====  ==============================  ===========================================  ===========
+10     ``lr_change``                   log(LR of this epoch / LR of the one         [-10, 10]
+                                       before; the base LR at epoch 1)
+11     ``valid_loss_change_before``    ``valid_loss_change`` one epoch earlier      [-5, 5]
+                                       (0 at epochs 0 and 1)
+=====  ==============================  ===========================================  ===========
+
 ``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
 
 =====  ==============  ==========================================  =========
@@ -94,16 +109,14 @@ _STANDARD = (
     Feature("generalisation_gap", -_LOSS_RATIO, _LOSS_RATIO),
 )
 
+_RELATIVE = (_STANDARD[0], Feature("lr_ratio", -_LR_RATIO, _LR_RATIO), *_STANDARD[2:])
+_RELATIVE_BEST = (*_RELATIVE, Feature("valid_loss_above_best", 0.0, _LOSS_RATIO), Feature("epochs_since_best", 0.0, 1.0))
+
 FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
     "standard": _STANDARD,
-    "relative": (_STANDARD[0], Feature("lr_ratio", -_LR_RATIO, _LR_RATIO), *_STANDARD[2:]),
-    "relative_best": (
-        _STANDARD[0],
-        Feature("lr_ratio", -_LR_RATIO, _LR_RATIO),
-        *_STANDARD[2:],
-        Feature("valid_loss_above_best", 0.0, _LOSS_RATIO),
-        Feature("epochs_since_best", 0.0, 1.0),
-    ),
+    "relative": _RELATIVE,
+    "relative_best": _RELATIVE_BEST,
+    "relative_hyper": (*_RELATIVE_BEST, Feature("lr_change", -_LR_RATIO, _LR_RATIO), Feature("valid_loss_change_before", -_CHANGE, _CHANGE)),
     "minimal": (
         Feature("progress", 0.0, 1.0),
         Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
@@ -146,6 +159,7 @@ class Observer:
         self.train, self.valid = nan.copy(), nan.copy()
         self.best_valid = nan.copy()
         self.best_epoch = np.zeros(n, dtype=np.int64)
+        self.valid_change = np.zeros(n)
 
     def reset(
         self,
@@ -176,25 +190,28 @@ class Observer:
         self.first_train[idx] = self.train[idx] = initial.train_loss
         self.first_valid[idx] = self.valid[idx] = self.best_valid[idx] = initial.valid_loss
         self.best_epoch[idx] = 0
+        self.valid_change[idx] = 0.0
         zeros = np.zeros(len(idx))
-        return self._observe(idx, initial.train_loss, initial.valid_loss, zeros, zeros, zeros)
+        return self._observe(idx, initial.train_loss, initial.valid_loss, zeros, zeros, zeros, zeros, zeros)
 
     def update(self, stats: EpochStats, lr: np.ndarray) -> np.ndarray:
         """Advance all N runs by one epoch trained at ``lr``; returns ``(N, n_features)``."""
         idx = np.arange(self.n)
         self.epoch += 1
+        lr_change = _log(np.asarray(lr, float)) - _log(self.lr)
         self.lr[:] = lr
         train_change = _log(stats.train_loss) - _log(self.train)
         valid_change = _log(stats.valid_loss) - _log(self.valid)
+        valid_change_before, self.valid_change = self.valid_change, valid_change
         with np.errstate(divide="ignore", invalid="ignore"):
             spread = stats.train_loss_std / np.abs(stats.train_loss)
         self.train, self.valid = np.array(stats.train_loss, float), np.array(stats.valid_loss, float)
         improved = self.valid < self.best_valid  # False for a non-finite loss: it is never the best
         self.best_valid = np.where(improved, self.valid, self.best_valid)
         self.best_epoch = np.where(improved, self.epoch, self.best_epoch)
-        return self._observe(idx, self.train, self.valid, train_change, valid_change, spread)
+        return self._observe(idx, self.train, self.valid, train_change, valid_change, spread, lr_change, valid_change_before)
 
-    def _observe(self, idx, train, valid, train_change, valid_change, spread) -> np.ndarray:
+    def _observe(self, idx, train, valid, train_change, valid_change, spread, lr_change, valid_change_before) -> np.ndarray:
         values = {
             "progress": self.epoch[idx] / self.epochs[idx],
             "log_lr": self._scaled_log_lr(idx),
@@ -207,6 +224,8 @@ class Observer:
             "generalisation_gap": _log(valid) - _log(train),
             "valid_loss_above_best": _log(valid) - _log(self.best_valid[idx]),
             "epochs_since_best": (self.epoch[idx] - self.best_epoch[idx]) / self.epochs[idx],
+            "lr_change": lr_change,
+            "valid_loss_change_before": valid_change_before,
         }
         with np.errstate(divide="ignore", invalid="ignore"):
             obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
