@@ -194,13 +194,16 @@ def test_render_modes(tiny_task):
     assert "valid_loss=" in text.render()
 
 
-def test_relative_best_reads_the_validation_loss_against_its_best_so_far():
+def stats(valid):
+    """Epoch stats of runs with these validation losses (train losses 1)."""
     from lrenv.engine import EpochStats
-    from lrenv.env import Observer
 
-    def stats(valid):
-        valid = np.array(valid, dtype=float)
-        return EpochStats(train_loss=np.ones(len(valid)), train_loss_std=np.zeros(len(valid)), valid_loss=valid)
+    valid = np.array(valid, dtype=float)
+    return EpochStats(train_loss=np.ones(len(valid)), train_loss_std=np.zeros(len(valid)), valid_loss=valid)
+
+
+def test_relative_best_reads_the_validation_loss_against_its_best_so_far():
+    from lrenv.env import Observer
 
     observer = Observer("relative_best", n=2)
     above, since = observer.names.index("valid_loss_above_best"), observer.names.index("epochs_since_best")
@@ -221,12 +224,7 @@ def test_relative_best_reads_the_validation_loss_against_its_best_so_far():
 
 
 def test_relative_hyper_reads_the_last_move_of_the_lr_and_the_loss_change_before_it():
-    from lrenv.engine import EpochStats
     from lrenv.env import Observer
-
-    def stats(valid):
-        valid = np.array(valid, dtype=float)
-        return EpochStats(train_loss=np.ones(len(valid)), train_loss_std=np.zeros(len(valid)), valid_loss=valid)
 
     observer = Observer("relative_hyper", n=2)
     move, before = observer.names.index("lr_change"), observer.names.index("valid_loss_change_before")
