@@ -74,7 +74,7 @@ from lrenv.evaluation import write_csv
 from lrenv.evaluation.executor import ProcessPool
 from lrenv.evaluation.protocol import Job, PolicyRef, Slot, env_run_seed
 from lrenv.evaluation.runner import Episode, run_job
-from lrenv.formula import formula_policy, read_formula, save_formula
+from lrenv.formula import FormulaFile, formula_policy, read_formula, save_formula
 from lrenv.policy import DEFAULT_POLICY, DEFAULT_POLICY_DIR, SHIPPED_POLICIES, PolicyFileError, shipped_policy_dir
 from lrenv.registry import make_task
 from lrenv.run_dir import write_json
@@ -147,8 +147,10 @@ def _inserted(box: dict[str, tuple[float, float]], after: str, **extra: tuple[fl
 
 #: Each search starts at the base LR, constant: no growth, no reaction, no anneal.
 _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "speed": 4.0}
-#: The default Ψ of ``psi.yaml`` (a ``patience`` formula, to 4 digits): where ``gated`` and ``remember`` start.
-_PSI_DEFAULT = {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81}
+#: The first default Ψ searched on ``psi.yaml`` (a ``patience`` formula at 30×, to 4 digits): where ``gated``, ``remember`` and ``phased`` start.
+_PSI_FIRST = {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81}
+#: The default Ψ searched on ``psi.yaml`` at 300× (agents/PSI.md, section 14; to 4 digits): where ``hyper`` starts.
+_PSI_DEFAULT = {"beta": 0.9183, "grow": -0.2930, "rise": 0.7949, "react": 0.6436, "sharp": 36.40, "anneal": 0.0, "speed": 7.940, "patience": 97.45}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -176,10 +178,10 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #: - ``gated``: ``patience`` whose cut fades while the train loss still falls fast
 #:   (``1 − tanh(l · max(−Δt_i, 0))``): a validation loss that jitters above its best while
 #:   the model still learns, as at the large LR tuned step decay holds on MNIST1D-MLP, cuts
-#:   less. It starts at the default Ψ of ``psi.yaml`` with l = 0 (no gate).
+#:   less. It starts at the first default Ψ of ``psi.yaml`` with l = 0 (no gate).
 #: - ``remember``: ``patience`` whose memory grows while the validation loss falls fast
 #:   (``β + m · tanh(h · max(−Δv_i, 0))``): a level that works is kept and compounds, a
-#:   flat loss pulls it back as before. It starts at the default Ψ of ``psi.yaml`` with m = 0.
+#:   flat loss pulls it back as before. It starts at the first default Ψ of ``psi.yaml`` with m = 0.
 #: - ``hyper``: ``patience`` over the ``relative_hyper`` features, plus the sign of a
 #:   hypergradient on log LR: ``push · tanh(h · (Δv_{i−1} − Δv_i)) · tanh(f · Δlog α_i)``
 #:   moves the LR on in the direction of its last move when the loss then fell faster, and
@@ -190,8 +192,8 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
 #:   decay on MNIST1D-MLP holds a large LR through a jittering loss and cuts once, late; the
-#:   default cuts at the first jitter and regrows after each cut. It starts at the default Ψ
-#:   of ``psi.yaml`` with calm = fade = 0.
+#:   default cuts at the first jitter and regrows after each cut. It starts at the first
+#:   default Ψ of ``psi.yaml`` with calm = fade = 0.
 FAMILIES: dict[str, Family] = {
     "bold": Family(_BOLD, _BOX, _START),
     "mixed": Family(
@@ -230,13 +232,13 @@ FAMILIES: dict[str, Family] = {
     "gated": Family(
         _GATED,
         {**_PATIENCE_BOX, "learning": (0.0, 40.0)},
-        {**_PSI_DEFAULT, "learning": 0.0},
+        {**_PSI_FIRST, "learning": 0.0},
         features="relative_best",
     ),
     "remember": Family(
         _REMEMBER,
         _inserted(_PATIENCE_BOX, after="beta", hold=(0.0, 0.2)),
-        {**_PSI_DEFAULT, "hold": 0.0},
+        {**_PSI_FIRST, "hold": 0.0},
         features="relative_best",
     ),
     "hyper": Family(
@@ -248,7 +250,7 @@ FAMILIES: dict[str, Family] = {
     "phased": Family(
         _PHASED,
         {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},
-        {**_PSI_DEFAULT, "tolerance": _PSI_DEFAULT["sharp"], "calm": 0.0, "fade": 0.0},
+        {**_PSI_FIRST, "tolerance": _PSI_FIRST["sharp"], "calm": 0.0, "fade": 0.0},
         features="relative_best",
     ),
 }
@@ -313,17 +315,17 @@ def parse_args(argv: list[str] | None = None) -> Args:
     family = FAMILIES[args.family]
     start_point(args.init, bounds(args.bound, family), family, read_start(args.start, args.family))  # checked here, before any episode runs
     for source in args.rescore:
-        read_scored(source)
+        read_formula_arg("--rescore", source)
     return args
 
 
-def read_scored(source: str):
-    """A ``--rescore`` formula: a ``formula.json``, its folder, or a shipped name."""
+def read_formula_arg(flag: str, source: str) -> FormulaFile:
+    """The formula a flag names: a ``formula.json``, its folder, or a shipped name; a ``ValueError`` naming the flag if unreadable."""
     path = shipped_policy_dir(source) if source in SHIPPED_POLICIES else Path(source)
     try:
         return read_formula(path)
     except (FileNotFoundError, PolicyFileError) as exc:
-        raise ValueError(f"--rescore {source!r}: {exc}") from None
+        raise ValueError(f"{flag} {source!r}: {exc}") from None
 
 
 def read_start(source: str, family_name: str) -> dict[str, float] | None:
@@ -331,11 +333,7 @@ def read_start(source: str, family_name: str) -> dict[str, float] | None:
     if not source:
         return None
     family = FAMILIES[family_name]
-    path = shipped_policy_dir(source) if source in SHIPPED_POLICIES else Path(source)
-    try:
-        saved = read_formula(path)
-    except (FileNotFoundError, PolicyFileError) as exc:
-        raise ValueError(f"--start {source!r}: {exc}") from None
+    saved = read_formula_arg("--start", source)
     constants = saved.fit.get("constants")
     if saved.domain.get("family") != family.template or not isinstance(constants, dict) or set(constants) != set(family.bounds):
         raise ValueError(
@@ -453,7 +451,7 @@ def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
     pool = ProcessPool(args.workers) if args.workers > 0 else None
     try:
         for source in args.rescore:
-            saved = read_scored(source)
+            saved = read_formula_arg("--rescore", source)
             own = env.replace(features=saved.formula.features, relative_factor=saved.relative_factor)
             expression = [saved.formula.expression]
             at_base, _ = run_candidates(expression, variants, own.replace(base_lr_spread=1.0), final_seeds(args), pool)

@@ -45,7 +45,7 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         just_now = obs.copy()
         just_now[:, 9] = 0.0  # the best was this epoch: no cut yet
         assert (policy.model.formula(just_now) > policy.model.formula(obs)).all()
-    elif name == "remember":  # the default Ψ of psi.yaml with a fixed memory; a falling loss lengthens it
+    elif name == "remember":  # the first default Ψ of psi.yaml with a fixed memory; a falling loss lengthens it
         patience = evolve.FAMILIES["patience"]
         fixed = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
         assert policy.model.formula(obs) == pytest.approx(fixed.model.formula(obs))
@@ -53,7 +53,7 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         fell[:, 1], fell[:, 5] = 1.0, -0.2  # a raised level, and the loss fell 18 %
         longer = load_policy_of(family.expression({**family.start, "hold": 0.1}), "relative_best")
         assert longer.model.formula(fell) == pytest.approx(policy.model.formula(fell) * np.exp(0.1 * np.tanh(38.59 * 0.2)))
-    elif name == "gated":  # the default Ψ of psi.yaml (a patience formula) with no gate; a falling train loss softens the cut
+    elif name == "gated":  # the first default Ψ of psi.yaml (a patience formula) with no gate; a falling train loss softens the cut
         patience = evolve.FAMILIES["patience"]
         ungated = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
         assert policy.model.formula(obs) == pytest.approx(ungated.model.formula(obs))
@@ -71,7 +71,7 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         hurt[:, 10], hurt[:, 11], hurt[:, 5] = 0.7, -0.2, -0.05  # a rise, then it fell slower
         assert (pushed.model.formula(helped) < policy.model.formula(helped)).all()  # cut again
         assert (pushed.model.formula(hurt) < policy.model.formula(hurt)).all()  # and undo the rise
-    elif name == "phased":  # the default Ψ of psi.yaml; calm weakens an early cut, fade a late rise
+    elif name == "phased":  # the first default Ψ of psi.yaml; calm weakens an early cut, fade a late rise
         patience = evolve.FAMILIES["patience"]
         default = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
         assert policy.model.formula(obs) == pytest.approx(default.model.formula(obs))
