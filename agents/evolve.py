@@ -127,7 +127,7 @@ _HYPER = (
 )
 _PHASED = (
     f"exp({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL}*(1 - {{fade}}*progress)"
-    " - {react}*tanh({tolerance}*valid_loss_above_best)*tanh({patience}*epochs_since_best)*(1 - {calm}*(1 - progress))"
+    f" - {_PATIENT_CUT.replace('{sharp}', '{tolerance}')}*(1 - {{calm}}*(1 - progress))"
     f" - {_ANNEAL})"
 )
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -436,13 +436,19 @@ def centred_ranks(scores: np.ndarray) -> np.ndarray:
     return ranks.mean(1)
 
 
-def final_seeds(args: Args) -> list[int]:
-    """The seeds the final pick (and ``--rescore``) scores on: fresh ones of their own for each ``--seed``."""
-    return [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
+def score_on_final_seeds(exprs: list[str], variants: list, env: EnvConfig, args: Args, pool: ProcessPool | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean returns ``[C, V]`` at the harness's base LRs and set off as in ``env``, and the inner epochs spent.
+
+    On ``--final-seeds`` seeds of their own for each ``--seed``: what the final pick and ``--rescore`` score on.
+    """
+    seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
+    at_base, spent_base = run_candidates(exprs, variants, env.replace(base_lr_spread=1.0), seeds, pool)
+    set_off, spent_off = run_candidates(exprs, variants, env, seeds, pool)
+    return at_base, set_off, spent_base + spent_off
 
 
 def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
-    """Each ``--rescore`` formula's mean return on :func:`final_seeds`, at the harness's base LRs and set off.
+    """Each ``--rescore`` formula's mean return on the final pick's seeds (:func:`score_on_final_seeds`).
 
     Each formula acts with its own features and box (``relative_factor``); the episodes (tasks,
     seeds, base LRs drawn from the seeds) are the same for all, so the differences are paired.
@@ -453,9 +459,7 @@ def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
         for source in args.rescore:
             saved = read_formula_arg("--rescore", source)
             own = env.replace(features=saved.formula.features, relative_factor=saved.relative_factor)
-            expression = [saved.formula.expression]
-            at_base, _ = run_candidates(expression, variants, own.replace(base_lr_spread=1.0), final_seeds(args), pool)
-            set_off, _ = run_candidates(expression, variants, own, final_seeds(args), pool)
+            at_base, set_off, _ = score_on_final_seeds([saved.formula.expression], variants, own, args, pool)
             row = {"formula": source, "relative_factor": saved.relative_factor}
             row.update(return_base_lr=float(at_base.mean()), return_set_off=float(set_off.mean()))
             row["return"] = (row["return_base_lr"] + row["return_set_off"]) / 2
@@ -487,12 +491,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError as exc:
         raise SystemExit('agents.evolve needs cma: pip install "lrenv[fit]" (or pip install cma)') from exc
 
-    valid_env = env.replace(base_lr_spread=1.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     family = FAMILIES[args.family]
     env = env.replace(features=family.features)
-    valid_env = valid_env.replace(features=family.features)
+    valid_env = env.replace(base_lr_spread=1.0)  # the harness's base LRs
     box = bounds(args.bound, family)
     print(f"CMA-ES over {len(box)} constants of {family.template}", flush=True)
     print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
@@ -534,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_csv(out / "generations.csv", rows)
             note = f", validation {row['validation_return']:.4f}" if np.isfinite(row["validation_return"]) else ""
             print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
-        best, finals, epochs = pick(validated, args, family, variants, env, valid_env, pool, first if args.start else None)
+        best, finals, epochs = pick(validated, args, family, variants, env, pool, first if args.start else None)
         spent += epochs
     finally:
         if pool is not None:
@@ -571,7 +574,6 @@ def pick(
     family: Family,
     variants: list,
     env: EnvConfig,
-    valid_env: EnvConfig,
     pool: ProcessPool | None,
     start: dict[str, float] | None = None,
 ) -> tuple[tuple[float | None, dict[str, float], int], list[dict[str, Any]], int]:
@@ -589,11 +591,9 @@ def pick(
     ranked = sorted(validated, key=lambda v: -v[0])
     if args.finalists == 1 or (len(ranked) == 1 and start is None):
         return ranked[0], [], 0
-    seeds = final_seeds(args)
     finalists = ranked[: args.finalists] + ([(None, start, -1)] if start is not None else [])
     exprs = [family.expression(constants) for _, constants, _ in finalists]
-    at_base, spent_base = run_candidates(exprs, variants, valid_env, seeds, pool)
-    set_off, spent_off = run_candidates(exprs, variants, env, seeds, pool)
+    at_base, set_off, spent = score_on_final_seeds(exprs, variants, env, args, pool)
     finals = [
         {"generation": g, "validation_return": v, "final_return_base_lr": float(a.mean()), "final_return_set_off": float(o.mean()), "constants": constants}
         for (v, constants, g), a, o in zip(finalists, at_base, set_off)
@@ -603,7 +603,7 @@ def pick(
         label = "the start" if f["generation"] < 0 else f"finalist of generation {f['generation']}"
         print(f"  {label}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off", flush=True)
     chosen = max(range(len(finals)), key=lambda k: finals[k]["final_return"])
-    return finalists[chosen], finals, spent_base + spent_off
+    return finalists[chosen], finals, spent
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
