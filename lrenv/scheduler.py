@@ -49,6 +49,7 @@ policy sets the first group's LR and the others keep their ratios to it.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,8 @@ from lrenv.env.features import Observer
 from lrenv.policy import SHIPPED_POLICIES, LoadedPolicy, load_policy
 from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
-# Observer arrays that make up the scheduler's state (with the scheduler's own numbers)
-_OBSERVER_STATE = ("epoch", "epochs", "lr", "base_lr", "log_lr_range", "first_train", "first_valid", "train", "valid")
+# Observer arrays a state saved before the best-so-far features may lack, and what stands in for them
+_LATER_STATE = {"best_valid": "valid", "best_epoch": "epoch", "valid_change": None}
 
 
 def _float(value: Any, what: str) -> float:
@@ -246,7 +247,7 @@ class PolicyScheduler(LRScheduler):
             "base_lrs": [float(lr) for lr in self.base_lrs],
             "_last_lr": [float(lr) for lr in self._last_lr],
             "observation": None if self.observation is None else self.observation.tolist(),
-            "observer": {name: np.array(getattr(self.observer, name)).tolist() for name in _OBSERVER_STATE},
+            "observer": {name: np.array(getattr(self.observer, name)).tolist() for name in Observer.STATE},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -264,9 +265,21 @@ class PolicyScheduler(LRScheduler):
         self._last_lr = list(state_dict["_last_lr"])
         obs = state_dict["observation"]
         self.observation = None if obs is None else np.array(obs, dtype=np.float32)
-        for name in _OBSERVER_STATE:
+        saved = dict(state_dict["observer"])
+        missing = [name for name in _LATER_STATE if name not in saved]
+        if missing:
+            # the run's best so far was not saved: its latest loss stands in, as if it were the best
+            warnings.warn(
+                f"this scheduler state has no {', '.join(missing)} (saved by an older lrenv): the best validation loss so far"
+                " restarts at the latest one, so a policy over relative_best features may act differently from an uninterrupted run",
+                stacklevel=2,
+            )
+            for name in missing:
+                stand_in = _LATER_STATE[name]
+                saved[name] = saved[stand_in] if stand_in else np.zeros_like(getattr(self.observer, name)).tolist()
+        for name in Observer.STATE:
             current = getattr(self.observer, name)
-            setattr(self.observer, name, np.array(state_dict["observer"][name], dtype=current.dtype).reshape(current.shape))
+            setattr(self.observer, name, np.array(saved[name], dtype=current.dtype).reshape(current.shape))
 
     # -- internals -------------------------------------------------------------------------
 

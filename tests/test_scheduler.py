@@ -199,3 +199,36 @@ def test_lightning_trainer_recipe(run_dir, tmp_path, task):
     assert scheduler.epoch == 3  # one step per epoch, with the monitored loss
     assert lrs == scheduler.lrs[:3]  # every epoch trained at the policy's LR
     assert trainer.optimizers[0].param_groups[0]["lr"] == scheduler.lrs[3]
+
+
+def test_the_default_resumes_from_a_checkpoint_as_if_never_stopped():
+    """The default Ψ reads the best loss so far: a resumed run must remember it, or it never cuts again."""
+    losses = [(1.0, 1.1), (0.8, 0.9), (0.7, 0.85), (0.6, 0.95), (0.55, 1.0), (0.5, 0.97), (0.45, 1.05)]
+
+    def scheduler():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        return opt, lrenv.load_scheduler(opt, "default", epochs=len(losses))
+
+    opt, whole = scheduler()
+    for train_loss, valid_loss in losses:
+        whole.step(train_loss=train_loss, valid_loss=valid_loss)
+    _, first = scheduler()
+    for train_loss, valid_loss in losses[:4]:
+        first.step(train_loss=train_loss, valid_loss=valid_loss)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    twin_opt, twin = scheduler()
+    twin.load_state_dict(state)
+    for train_loss, valid_loss in losses[4:]:
+        twin.step(train_loss=train_loss, valid_loss=valid_loss)
+    assert twin.lrs == whole.lrs and twin_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert min(whole.lrs[4:]) < max(whole.lrs[:4])  # the losses above the best did cut
+
+    older = {**state, "observer": {k: v for k, v in state["observer"].items() if k not in ("best_valid", "best_epoch", "valid_change")}}
+    _, old = scheduler()
+    with pytest.warns(UserWarning, match="best_valid, best_epoch, valid_change"):
+        old.load_state_dict(older)
+    old.step(train_loss=0.55, valid_loss=1.0)  # still runs, from the latest loss as the best
+    assert len(old.lrs) == 5

@@ -139,6 +139,9 @@ class Observer:
         n: Number of runs tracked.
     """
 
+    #: The arrays that hold the runs' loss history: all a checkpoint needs to resume them (a scheduler's state).
+    STATE = ("epoch", "epochs", "lr", "base_lr", "log_lr_range", "first_train", "first_valid", "train", "valid", "best_valid", "best_epoch", "valid_change")
+
     def __init__(self, features: str = "standard", n: int = 1) -> None:
         if not (isinstance(features, str) and features in FEATURE_SETS):
             raise ValueError(f"unknown feature set {features!r}; choose one of {', '.join(FEATURE_SETS)}")
