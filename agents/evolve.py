@@ -130,6 +130,14 @@ _PHASED = (
     f" - {_PATIENT_CUT.replace('{sharp}', '{tolerance}')}*(1 - {{calm}}*(1 - progress))"
     f" - {_ANNEAL})"
 )
+# after the budget's fraction {settle}: the controller freezes and the level it reached follows a
+# cosine to e^-depth of itself, step by step (log s(i/T) − log s((i−1)/T), so any budget T works)
+_LATE = "min(max(1000*(progress - {settle}), 0), 1)"
+_COSINE_AT = "cos(pi*min(max(({at} - {{settle}})/(1 - {{settle}}), 0), 1))"
+_SETTLE = (
+    f"exp(({{beta}} + (1 - {{beta}})*{_LATE})*lr_ratio + (1 - {_LATE})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
+    f" + 0.5*{{depth}}*({_COSINE_AT.format(at='progress')} - {_COSINE_AT.format(at='(progress - epoch_fraction)')}))"
+)
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _PATIENCE_BOX = {**_BEST_BOX, "patience": (0.0, 200.0)}
@@ -188,6 +196,14 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   back when it fell slower. A cut that helped is followed by another, not by the regrowth
 #:   that a falling loss alone calls for. It starts at the default Ψ of ``psi.yaml`` with
 #:   push = 0.
+#: - ``settle``: ``patience`` until the budget's fraction ``settle``, then a schedule: the
+#:   controller freezes and the level it found anneals by a cosine to e^−depth of itself over
+#:   the rest of the budget (over the ``relative_budget`` features, whose ``epoch_fraction``
+#:   1/T gives each epoch's step of the cosine). Every tuned schedule that wins anneals over
+#:   its budget, and a reaction that raises the LR while the loss falls undoes an anneal it
+#:   sees (agents/PSI.md, 13): here the controller finds the level, the schedule ends the run.
+#:   It starts at the default Ψ of ``psi.yaml`` (without its zero anneal), settling at half
+#:   the budget to 1 % of the level, as tuned WSD and step decay end.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -246,6 +262,12 @@ FAMILIES: dict[str, Family] = {
         {**_PATIENCE_BOX, "push": (0.0, 2.0), "feel": (0.0, 20.0)},
         {**_PSI_DEFAULT, "push": 0.0, "feel": 5.0},
         features="relative_hyper",
+    ),
+    "settle": Family(
+        _SETTLE,
+        {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal", "speed")}, "settle": (0.2, 0.95), "depth": (0.0, 8.0)},
+        {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6},
+        features="relative_budget",
     ),
     "phased": Family(
         _PHASED,

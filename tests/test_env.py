@@ -161,7 +161,7 @@ def test_bad_arguments_name_what_is_allowed(tiny_task):
         LREnv(tiny_task, reward="accuracy")
     with pytest.raises(ValueError, match="choose one of absolute, relative, multiplier"):
         LREnv(tiny_task, action_mode="cyclic")
-    with pytest.raises(ValueError, match="choose one of standard, relative, relative_best, relative_hyper, minimal"):
+    with pytest.raises(ValueError, match="choose one of standard, relative, relative_best, relative_hyper, relative_budget, minimal"):
         LREnv(tiny_task, features="all")
     with pytest.raises(TypeError, match="allowed: epochs, batch_size"):
         LREnv(tiny_task, task_config={"epoch": 3})
@@ -244,3 +244,15 @@ def test_relative_hyper_reads_the_last_move_of_the_lr_and_the_loss_change_before
     assert obs[0, move] == 0.0 and obs[0, before] == 0.0  # a new episode forgets the old moves
     obs = observer.update(stats([2.0, 1.9]), np.array([0.1, 0.5]))
     assert obs[0, before] == 0.0 and obs[0, move] == 0.0
+
+
+def test_relative_budget_reads_one_epoch_of_the_budget():
+    from lrenv.env import Observer
+
+    observer = Observer("relative_budget", n=2)
+    assert observer.names[:10] == Observer("relative_best").names and observer.names[10] == "epoch_fraction"
+    obs = observer.reset([0, 1], stats([2.0, 2.0]), lr=np.full(2, 0.1), epochs=np.array([4, 50]), lr_range=np.array([[1e-3, 1.0]] * 2))
+    np.testing.assert_allclose(obs[:, 10], [0.25, 0.02])
+    obs = observer.update(stats([1.5, np.nan]), np.full(2, 0.1))
+    np.testing.assert_allclose(obs[:, 10], [0.25, 0.02])
+    np.testing.assert_allclose(obs[:, 0] - obs[:, 10], [0.0, 0.0], atol=1e-7)  # progress one epoch earlier

@@ -86,6 +86,16 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         fell[:, 0], fell[:, 5] = 1.0, -0.2
         faded = load_policy_of(family.expression({**family.start, "fade": 1.0}), "relative_best")
         assert (faded.model.formula(fell) < policy.model.formula(fell)).all()  # no rise at the end
+    elif name == "settle":  # the default Ψ of psi.yaml until it settles; then a cosine from the level it reached, whatever the losses
+        patience = evolve.FAMILIES["patience"]
+        default = load_policy_of(patience.expression({**family.start, "anneal": 0.0, "speed": 1.0}), "relative_best")
+        obs[:, 0], obs[:, 10] = 0.3, 0.05  # before half the budget of 20 epochs
+        assert policy.model.formula(obs) == pytest.approx(default.model.formula(obs[:, :10]))
+        late = obs.copy()
+        late[:, 0], late[:, 1] = 0.75, 1.5  # half-way through the cosine, the LR at e^1.5 times the base
+        late[:, 4:10] = np.random.default_rng(1).normal(size=(5, 6)) * 0.1
+        step = 0.5 * 4.6 * (np.cos(np.pi * 0.5) - np.cos(np.pi * 0.4))
+        assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))

@@ -62,6 +62,16 @@ index  name                            meaning                                  
                                        (0 at epochs 0 and 1)
 =====  ==============================  ===========================================  ===========
 
+``"relative_budget"`` — ``"relative_best"`` and the length of one epoch in the budget, so a
+formula can follow a shape of the budget's progress from epoch to epoch whatever the budget
+(``log s(i/T) − log s((i−1)/T)``), as a tuned schedule anneals over its budget.
+
+=====  ==============================  ===========================================  ===========
+index  name                            meaning                                      bounds
+=====  ==============================  ===========================================  ===========
+10     ``epoch_fraction``              1 / T, one epoch over the epoch budget       [0, 1]
+=====  ==============================  ===========================================  ===========
+
 ``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
 
 =====  ==============  ==========================================  =========
@@ -117,6 +127,7 @@ FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
     "relative": _RELATIVE,
     "relative_best": _RELATIVE_BEST,
     "relative_hyper": (*_RELATIVE_BEST, Feature("lr_change", -_LR_RATIO, _LR_RATIO), Feature("valid_loss_change_before", -_CHANGE, _CHANGE)),
+    "relative_budget": (*_RELATIVE_BEST, Feature("epoch_fraction", 0.0, 1.0)),
     "minimal": (
         Feature("progress", 0.0, 1.0),
         Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
@@ -229,6 +240,7 @@ class Observer:
             "epochs_since_best": (self.epoch[idx] - self.best_epoch[idx]) / self.epochs[idx],
             "lr_change": lr_change,
             "valid_loss_change_before": valid_change_before,
+            "epoch_fraction": 1.0 / self.epochs[idx],
         }
         with np.errstate(divide="ignore", invalid="ignore"):
             obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
