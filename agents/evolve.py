@@ -305,12 +305,16 @@ class Args:
         default="",
         metadata={
             "help": "start at the constants of an evolved formula.json (or 'default', the shipped one) of the same family;"
-            " with --finalists > 1 it competes in the final pick",
+            " with --finalists > 1 it competes in the final pick (as does a start moved by --init)",
             "metavar": "FORMULA",
         },
     )
     init: list[str] = field(
-        default_factory=list, metadata={"help": "start a constant elsewhere than the family's start, e.g. beta=0.9 (repeatable)", "metavar": "NAME=VALUE"}
+        default_factory=list,
+        metadata={
+            "help": "start a constant elsewhere than the family's start, e.g. beta=0.9 (repeatable); with --finalists > 1 the start competes in the final pick",
+            "metavar": "NAME=VALUE",
+        },
     )
     bound: list[str] = field(default_factory=list, metadata={"help": "narrow a constant's box, e.g. sharp=0,4 (repeatable)", "metavar": "NAME=LO,HI"})
     rescore: list[str] = field(
@@ -559,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_csv(out / "generations.csv", rows)
             note = f", validation {row['validation_return']:.4f}" if np.isfinite(row["validation_return"]) else ""
             print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
-        best, finals, epochs = pick(validated, args, family, variants, env, pool, first if args.start else None)
+        best, finals, epochs = pick(validated, args, family, variants, env, pool, first if args.start or args.init else None)
         spent += epochs
     finally:
         if pool is not None:
@@ -604,7 +608,7 @@ def pick(
     The in-search validation has few seeds, and neighbouring means differ by about its noise.
     Each finalist is scored again on ``--final-seeds`` seeds of its own, at the harness's base
     LRs and with base LRs set off as in training, and ranked by the mean of the two returns.
-    A ``start`` (``--start``) competes as a finalist of generation -1: a search that finds
+    A chosen ``start`` (``--start`` or ``--init``) competes as a finalist of generation -1: a search that finds
     nothing better on the final seeds returns where it started.
 
     Returns:

@@ -192,6 +192,9 @@ def test_a_search_can_start_from_an_evolved_formula_which_then_competes_in_the_p
     finals = {f["generation"]: f for f in fit["finalists"]}
     assert sorted(finals) == [-1, 0, 1] and finals[-1]["constants"] == pytest.approx(first["constants"]) and finals[-1]["validation_return"] is None
     assert fit["constants"] == max(finals.values(), key=lambda f: f["final_return"])["constants"]
+    moved = evolve.main([*argv, "--generations", "1", "--init", "beta=0.9", "--finalists", "2", "--final-seeds", "1", "--out", str(tmp_path / "moved")])
+    assert {f["generation"] for f in moved["finalists"]} == {-1, 0}  # a start moved by --init competes too
+    assert next(f for f in moved["finalists"] if f["generation"] == -1)["constants"]["beta"] == 0.9
     with pytest.raises(ValueError, match="not evolved in the family 'bold'"):
         evolve.parse_args(["--family", "bold", "--start", start])
     with pytest.raises(ValueError, match="--start 'nowhere.json'"):
