@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m agents.evolve --config agents/configs/psi.yaml --family patience --start default --generations 20 --finalists 4  # from the default Ψ
+    python -m agents.evolve --config agents/configs/psi.yaml --family settle --start default --generations 20 --finalists 4  # from the default Ψ
     python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --out runs/evolve-patience   # the default before it (~6 min)
     python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the one before that
     python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the first
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot(rows, out / "evolve.png")
     write_json(out / "summary.json", fit)
     again = f", {max(f['final_return'] for f in finals):.4f} on the final seeds" if finals else ""
-    kept = "the start (--start)" if best[2] < 0 else f"the CMA-ES mean of generation {best[2]} (validation return {best[0]:.4f}{again})"
+    kept = "its start" if best[2] < 0 else f"the CMA-ES mean of generation {best[2]} (validation return {best[0]:.4f}{again})"
     print(f"Kept {kept}: {family.expression(constants)}")
     print(f"Wrote {path}, generations.csv, evolve.png; {spent} inner epochs in {wall:.0f} s")
     return fit

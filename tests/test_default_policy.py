@@ -23,8 +23,9 @@ def test_the_default_policy_is_small_plain_data_and_loads_by_name():
     policy = lrenv.load_policy("default")
     assert policy.name == "default" and policy.config["algo"] == "formula"
     # nothing it reads depends on the LR's absolute scale
-    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features in ("relative", "relative_best")
-    assert policy.model.formula.operations <= 20 and "agents.evolve" in policy.config["source"]
+    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features in ("relative", "relative_best", "relative_budget")
+    assert (DEFAULT_POLICY_DIR / "formula.json").stat().st_size <= 1_000_000
+    assert policy.model.formula.operations <= 64 and "agents.evolve" in policy.config["source"]  # a controller and a cosine: one line each
     fit = json.loads((DEFAULT_POLICY_DIR / "formula.json").read_text())["fit"]
     assert fit["inner_epochs"] <= 200_000 and fit["wall_time_s"] <= 3600  # the meta-training budget
 
