@@ -138,6 +138,7 @@ _SETTLE = (
     f"exp(({{beta}} + (1 - {{beta}})*{_LATE})*lr_ratio + (1 - {_LATE})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
     f" + 0.5*{{depth}}*({_COSINE_AT.format(at='progress')} - {_COSINE_AT.format(at='(progress - epoch_fraction)')}))"
 )
+_SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _PATIENCE_BOX = {**_BEST_BOX, "patience": (0.0, 200.0)}
@@ -159,6 +160,8 @@ _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "
 _PSI_FIRST = {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81}
 #: The default Ψ searched on ``psi.yaml`` at 300× (agents/PSI.md, section 14; to 4 digits): where ``hyper`` starts.
 _PSI_DEFAULT = {"beta": 0.9183, "grow": -0.2930, "rise": 0.7949, "react": 0.6436, "sharp": 36.40, "anneal": 0.0, "speed": 7.940, "patience": 97.45}
+_SETTLE_BOUNDS = {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal", "speed")}, "settle": (0.2, 0.95), "depth": (0.0, 8.0)}
+_SETTLE_START = {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -204,6 +207,10 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   sees (agents/PSI.md, 13): here the controller finds the level, the schedule ends the run.
 #:   It starts at the default Ψ of ``psi.yaml`` (without its zero anneal), settling at half
 #:   the budget to 1 % of the level, as tuned WSD and step decay end.
+#: - ``settle_gated``: ``settle`` whose cut fades while the train loss still falls fast, as
+#:   in ``gated``. Once the clock anneals, the cut no longer has to; it only has to catch a
+#:   base LR that is too large, where the train loss stalls. It starts at the shipped
+#:   ``settle`` default (settling at 0.7) with no gate.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -263,10 +270,11 @@ FAMILIES: dict[str, Family] = {
         {**_PSI_DEFAULT, "push": 0.0, "feel": 5.0},
         features="relative_hyper",
     ),
-    "settle": Family(
-        _SETTLE,
-        {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal", "speed")}, "settle": (0.2, 0.95), "depth": (0.0, 8.0)},
-        {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6},
+    "settle": Family(_SETTLE, _SETTLE_BOUNDS, _SETTLE_START, features="relative_budget"),
+    "settle_gated": Family(
+        _SETTLE_GATED,
+        {**_SETTLE_BOUNDS, "learning": (0.0, 40.0)},
+        {**_SETTLE_START, "settle": 0.7, "learning": 0.0},
         features="relative_budget",
     ),
     "phased": Family(

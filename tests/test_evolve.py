@@ -96,6 +96,14 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         late[:, 4:10] = np.random.default_rng(1).normal(size=(5, 6)) * 0.1
         step = 0.5 * 4.6 * (np.cos(np.pi * 0.5) - np.cos(np.pi * 0.4))
         assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
+    elif name == "settle_gated":  # the shipped settle default with no gate; a falling train loss softens the cut
+        settle = evolve.FAMILIES["settle"]
+        ungated = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        assert policy.model.formula(obs) == pytest.approx(ungated.model.formula(obs))
+        above = obs.copy()
+        above[:, 0], above[:, 8], above[:, 9], above[:, 4] = 0.3, 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
+        gated = load_policy_of(family.expression({**family.start, "learning": 10.0}), "relative_budget")
+        assert (gated.model.formula(above) > policy.model.formula(above)).all()
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))
