@@ -127,3 +127,16 @@ def test_the_harness_plays_the_shipped_policies_as_lrenv_does(name):
         # the default reacts sharply to the last loss change, so float rounding of a population moves it a little more
         np.testing.assert_allclose(episode.lrs, lrs, rtol=1e-6 if name == "ars" else 1e-4)
     assert len(episodes) == 2
+
+
+def test_the_default_settles_by_its_clock_and_keeps_shrinking_past_the_budget():
+    """After 0.7·T the losses no longer move the default: its LR only falls, to base/300 at most."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = lrenv.load_scheduler(optimizer, "default", epochs=10)
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # 30 epochs past the budget, the losses jumping about
+        scheduler.step(train_loss=float(rng.uniform(0.5, 2)), valid_loss=float(rng.uniform(0.5, 2)))
+    settled = np.array(scheduler.lrs[8:])  # the LRs chosen after epochs 8, 9, ... (i/T > 0.7)
+    assert np.all(np.diff(settled) <= 0) and settled[0] < scheduler.lrs[7]
+    assert settled[-1] == pytest.approx(0.1 / lrenv.load_policy("default").env_config.relative_factor)
