@@ -138,6 +138,7 @@ _SETTLE = (
     f"exp(({{beta}} + (1 - {{beta}})*{_LATE})*lr_ratio + (1 - {_LATE})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
     f" + 0.5*{{depth}}*({_COSINE_AT.format(at='progress')} - {_COSINE_AT.format(at='(progress - epoch_fraction)')}))"
 )
+_SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
 _BEST_BOX = {"beta": (0.8, 1.0), "grow": (-0.5, 0.5), "rise": (0.0, 2.0), "react": (0.0, 2.0), "sharp": (0.0, 40.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -207,6 +208,11 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   sees (agents/PSI.md, 13): here the controller finds the level, the schedule ends the run.
 #:   It starts at the default Ψ of ``psi.yaml`` (without its zero anneal), settling at half
 #:   the budget to 1 % of the level, as tuned WSD and step decay end.
+#: - ``settle_eased``: ``settle`` whose pull towards a low level eases while the train loss
+#:   still falls fast (``g · (1 − e · tanh(f · max(−Δt_i, 0)))``): a validation loss that
+#:   stops falling while the model still learns (overfitting, as on MNIST1D-MLP, where tuned
+#:   step decay holds 0.3) pulls the LR down less than one that stops because the LR is too
+#:   large. It starts at the shipped ``settle`` default with e = 0.
 #: - ``settle_gated``: ``settle`` whose cut fades while the train loss still falls fast, as
 #:   in ``gated``. Once the clock anneals, the cut no longer has to; it only has to catch a
 #:   base LR that is too large, where the train loss stalls. It starts at the shipped
@@ -271,6 +277,12 @@ FAMILIES: dict[str, Family] = {
         features="relative_hyper",
     ),
     "settle": Family(_SETTLE, _SETTLE_BOUNDS, _SETTLE_START, features="relative_budget"),
+    "settle_eased": Family(
+        _SETTLE_EASED,
+        _inserted(_SETTLE_BOUNDS, after="grow", ease=(0.0, 1.0), feel=(0.0, 60.0)),
+        {**_SETTLE_START, "settle": 0.7, "ease": 0.0, "feel": 40.0},
+        features="relative_budget",
+    ),
     "settle_gated": Family(
         _SETTLE_GATED,
         {**_SETTLE_BOUNDS, "learning": (0.0, 40.0)},

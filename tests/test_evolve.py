@@ -96,6 +96,15 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         late[:, 4:10] = np.random.default_rng(1).normal(size=(5, 6)) * 0.1
         step = 0.5 * 4.6 * (np.cos(np.pi * 0.5) - np.cos(np.pi * 0.4))
         assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
+    elif name == "settle_eased":  # the shipped settle default with no easing; a falling train loss eases the pull
+        settle = evolve.FAMILIES["settle"]
+        plain = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        assert policy.model.formula(obs) == pytest.approx(plain.model.formula(obs))
+        learning = obs.copy()
+        learning[:, 0], learning[:, 4], learning[:, 5], learning[:, 8] = 0.3, -0.2, 0.0, 0.0  # train loss fell 18 %, validation flat at its best
+        eased = load_policy_of(family.expression({**family.start, "ease": 1.0}), "relative_budget")
+        grow = family.start["grow"] * np.tanh(family.start["feel"] * 0.2)  # the part of the pull that eases
+        assert eased.model.formula(learning) == pytest.approx(policy.model.formula(learning) * np.exp(-grow))
     elif name == "settle_gated":  # the shipped settle default with no gate; a falling train loss softens the cut
         settle = evolve.FAMILIES["settle"]
         ungated = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
