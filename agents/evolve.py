@@ -161,7 +161,9 @@ _START = {"beta": 0.0, "grow": 0.0, "react": 0.0, "sharp": 5.0, "anneal": 0.0, "
 _PSI_FIRST = {"beta": 0.8, "grow": -0.1817, "rise": 0.8465, "react": 1.1466, "sharp": 38.59, "anneal": 0.0, "speed": 7.795, "patience": 79.81}
 #: The default Ψ searched on ``psi.yaml`` at 300× (agents/PSI.md, section 14; to 4 digits): where ``hyper`` starts.
 _PSI_DEFAULT = {"beta": 0.9183, "grow": -0.2930, "rise": 0.7949, "react": 0.6436, "sharp": 36.40, "anneal": 0.0, "speed": 7.940, "patience": 97.45}
+#: The box of the ``settle`` families: ``patience``'s without its anneal, plus where the controller freezes and how deep the cosine goes.
 _SETTLE_BOUNDS = {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal", "speed")}, "settle": (0.2, 0.95), "depth": (0.0, 8.0)}
+#: Where ``settle`` starts: the controller of the default Ψ above, settling at half the budget to 1 % of its level.
 _SETTLE_START = {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
