@@ -139,6 +139,13 @@ class PolicyScheduler(LRScheduler):
         self.policy = policy
         # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
         self.epochs = check_positive_int(task_config["epochs"] if epochs is None else epochs, "epochs")
+        budgets = sorted({policy.task_config(t)["epochs"] for t in policy.tasks}) if epochs is None and task is None else []
+        if len(budgets) > 1:  # no one training budget to fall back on; the default Ψ anneals over T
+            warnings.warn(
+                f"no epochs= given: the policy {policy.name!r} has no single training budget (its tasks': {', '.join(map(str, budgets))} epochs),"
+                f" so T = {self.epochs}, its first task's; pass epochs=your run's epoch budget, which its schedule follows",
+                stacklevel=3,
+            )
         self.lr_range = None if by_base else check_lr_range(task_config["lr_range"] if lr_range is None else lr_range, "lr_range")
         if not isinstance(deterministic, (bool, np.bool_)):
             raise TypeError(f"deterministic must be True or False, got {deterministic!r}")

@@ -140,3 +140,14 @@ def test_the_default_settles_by_its_clock_and_keeps_shrinking_past_the_budget():
     settled = np.array(scheduler.lrs[8:])  # the LRs chosen after epochs 8, 9, ... (i/T > 0.7)
     assert np.all(np.diff(settled) <= 0) and settled[0] < scheduler.lrs[7]
     assert settled[-1] == pytest.approx(0.1 / lrenv.load_policy("default").env_config.relative_factor)
+
+
+def test_the_default_asks_for_the_epoch_budget_it_anneals_over():
+    import warnings
+
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="no epochs= given: the policy 'default' has no single training budget"):
+        assert lrenv.load_scheduler(optimizer, "default").epochs == 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lrenv.load_scheduler(optimizer, "default", epochs=30).epochs == 30
