@@ -139,7 +139,8 @@ class PolicyScheduler(LRScheduler):
         self.policy = policy
         # checked before LRScheduler.__init__ touches the optimizer; bools and "3" are no epochs
         self.epochs = check_positive_int(task_config["epochs"] if epochs is None else epochs, "epochs")
-        budgets = sorted({policy.task_config(t)["epochs"] for t in policy.tasks}) if epochs is None and task is None else []
+        tasks = (getattr(policy, "tasks", None) or []) if epochs is None and task is None else []
+        budgets = sorted({policy.task_config(t)["epochs"] for t in tasks})
         if len(budgets) > 1:  # no one training budget to fall back on; the default Ψ anneals over T
             warnings.warn(
                 f"no epochs= given: the policy {policy.name!r} has no single training budget (its tasks': {', '.join(map(str, budgets))} epochs),"
