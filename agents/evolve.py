@@ -165,6 +165,8 @@ _PSI_DEFAULT = {"beta": 0.9183, "grow": -0.2930, "rise": 0.7949, "react": 0.6436
 _SETTLE_BOUNDS = {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal", "speed")}, "settle": (0.2, 0.95), "depth": (0.0, 8.0)}
 #: Where ``settle`` starts: the controller of the default Ψ above, settling at half the budget to 1 % of its level.
 _SETTLE_START = {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6}
+#: The shipped default Ψ (agents/PSI.md, section 15: ``settle`` from settling at 0.7): where ``settle_eased`` and ``settle_gated`` start.
+_SETTLE_SHIPPED = {**_SETTLE_START, "settle": 0.7}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -282,13 +284,13 @@ FAMILIES: dict[str, Family] = {
     "settle_eased": Family(
         _SETTLE_EASED,
         _inserted(_SETTLE_BOUNDS, after="grow", ease=(0.0, 1.0), feel=(0.0, 60.0)),
-        {**_SETTLE_START, "settle": 0.7, "ease": 0.0, "feel": 40.0},
+        {**_SETTLE_SHIPPED, "ease": 0.0, "feel": 40.0},
         features="relative_budget",
     ),
     "settle_gated": Family(
         _SETTLE_GATED,
         {**_SETTLE_BOUNDS, "learning": (0.0, 40.0)},
-        {**_SETTLE_START, "settle": 0.7, "learning": 0.0},
+        {**_SETTLE_SHIPPED, "learning": 0.0},
         features="relative_budget",
     ),
     "phased": Family(
