@@ -138,6 +138,32 @@ _SETTLE = (
     f"exp(({{beta}} + (1 - {{beta}})*{_LATE})*lr_ratio + (1 - {_LATE})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
     f" + 0.5*{{depth}}*({_COSINE_AT.format(at='progress')} - {_COSINE_AT.format(at='(progress - epoch_fraction)')}))"
 )
+# ``settle_step``: the controller freezes at the budget's fraction max(settle, warm/T), so a
+# short budget still gets warm epochs to find the level, and the level then drops as step decay
+# does: by e^-drop at once and by e^-drop2 halfway to the end
+_SETTLE_AT = "max({settle}, {warm}*epoch_fraction)"
+_LATE_AT = f"min(max(1000*(progress - {_SETTLE_AT}), 0), 1)"
+
+
+def _drop_at(at: str) -> str:
+    """1 at the first epoch whose progress passes ``at``, else 0: a one-epoch step of the log LR."""
+    return f"(min(max(1000*(progress - ({at})), 0), 1) - min(max(1000*((progress - epoch_fraction) - ({at})), 0), 1))"
+
+
+_SETTLE_STEP = (
+    f"exp(({{beta}} + (1 - {{beta}})*{_LATE_AT})*lr_ratio + (1 - {_LATE_AT})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
+    f" - {{drop}}*{_drop_at(_SETTLE_AT)} - {{drop2}}*{_drop_at(f'({_SETTLE_AT} + 1)/2')})"
+)
+# ``settle_drop``: ``settle`` that freezes at max(settle, warm/T) (at most 0.95 of the budget),
+# drops by e^-drop there at once and then follows its cosine from the dropped level
+_DROP_AT = "min(max({settle}, {warm}*epoch_fraction), 0.95)"
+_LATE_DROP = f"min(max(1000*(progress - {_DROP_AT}), 0), 1)"
+_COSINE_FROM = f"cos(pi*min(max(({{at}} - {_DROP_AT})/(1 - {_DROP_AT}), 0), 1))"
+_SETTLE_DROP = (
+    f"exp(({{beta}} + (1 - {{beta}})*{_LATE_DROP})*lr_ratio + (1 - {_LATE_DROP})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
+    f" - {{drop}}*{_drop_at(_DROP_AT)}"
+    f" + 0.5*{{depth}}*({_COSINE_FROM.replace('{at}', 'progress')} - {_COSINE_FROM.replace('{at}', '(progress - epoch_fraction)')}))"
+)
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -221,6 +247,17 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   in ``gated``. Once the clock anneals, the cut no longer has to; it only has to catch a
 #:   base LR that is too large, where the train loss stalls. It starts at the shipped
 #:   ``settle`` default (settling at 0.7) with no gate.
+#: - ``settle_step``: ``settle`` ending as step decay does, not by a cosine: the controller
+#:   freezes at the budget's fraction max(settle, warm/T) (a short budget keeps ``warm``
+#:   epochs to find the level), the level drops by e^−drop there and by e^−drop2 halfway to
+#:   the end. On MNIST1D-MLP a sudden 10× drop at half the budget gains what a cosine over
+#:   the last 30 % does not (agents/PSI.md, 16). It starts at the default's controller,
+#:   settling at max(0.5, 8/T), dropping 10× twice.
+#: - ``settle_drop``: ``settle`` with a sudden drop where it settles, between ``settle`` (a
+#:   cosine) and ``settle_step`` (two drops): the controller freezes at max(settle, warm/T),
+#:   the level drops by e^−drop at once, then the cosine of ``depth`` ends the run. The drop
+#:   gains on MNIST1D-MLP, the cosine on tasks still learning at half the budget
+#:   (agents/PSI.md, 16). It starts at the shipped default (no drop, no warm epochs).
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -291,6 +328,18 @@ FAMILIES: dict[str, Family] = {
         _SETTLE_GATED,
         {**_SETTLE_BOUNDS, "learning": (0.0, 40.0)},
         {**_SETTLE_SHIPPED, "learning": 0.0},
+        features="relative_budget",
+    ),
+    "settle_step": Family(
+        _SETTLE_STEP,
+        {**{k: v for k, v in _SETTLE_BOUNDS.items() if k != "depth"}, "warm": (0.0, 15.0), "drop": (0.0, 5.0), "drop2": (0.0, 5.0)},
+        {**{k: v for k, v in _SETTLE_START.items() if k != "depth"}, "warm": 8.0, "drop": 2.3, "drop2": 2.3},
+        features="relative_budget",
+    ),
+    "settle_drop": Family(
+        _SETTLE_DROP,
+        _inserted(_SETTLE_BOUNDS, after="settle", warm=(0.0, 15.0), drop=(0.0, 5.0)),
+        {**_SETTLE_SHIPPED, "warm": 0.0, "drop": 0.0},
         features="relative_budget",
     ),
     "phased": Family(

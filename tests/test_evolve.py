@@ -113,6 +113,34 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         above[:, 0], above[:, 8], above[:, 9], above[:, 4] = 0.3, 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
         gated = load_policy_of(family.expression({**family.start, "learning": 10.0}), "relative_budget")
         assert (gated.model.formula(above) > policy.model.formula(above)).all()
+    elif name == "settle_step":  # the default Ψ of psi.yaml until max(0.5, 8/T); then two 10x drops, whatever the losses
+        settle = evolve.FAMILIES["settle"]
+        controller = {k: family.start[k] for k in settle.bounds if k != "depth"}
+        obs[:, 0], obs[:, 10] = 0.3, 0.05  # before half the budget of 20 epochs
+        assert policy.model.formula(obs) == pytest.approx(load_policy_of(settle.expression({**controller, "depth": 4.6}), "relative_budget").model.formula(obs))
+        short = obs.copy()
+        short[:, 0], short[:, 10] = 0.6, 0.1  # a budget of 10 epochs keeps 8 to find its level
+        still = load_policy_of(settle.expression({**controller, "settle": 0.95, "depth": 4.6}), "relative_budget")
+        assert policy.model.formula(short) == pytest.approx(still.model.formula(short))
+        late = obs.copy()
+        late[:, 1] = 1.5  # the LR at e^1.5 times the base
+        late[:, 4:10] = np.random.default_rng(1).normal(size=(5, 6)) * 0.1
+        for progress, step in ((0.55, -2.3), (0.65, 0.0), (0.8, -2.3), (0.95, 0.0)):  # drops at 0.5 and 0.75 of 20 epochs
+            late[:, 0] = progress
+            assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
+    elif name == "settle_drop":  # the shipped default; a drop where it settles, then the cosine from the dropped level
+        settle = evolve.FAMILIES["settle"]
+        shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        obs[:, 10] = 0.05  # 20 epochs
+        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+        dropped = load_policy_of(family.expression({**family.start, "settle": 0.5, "warm": 8.0, "drop": 2.3}), "relative_budget")
+        late = obs.copy()
+        late[:, 1] = 1.5
+        late[:, 4:10] = np.random.default_rng(1).normal(size=(5, 6)) * 0.1
+        cosine = lambda u: 0.5 * 4.6 * np.cos(np.pi * u)  # noqa: E731
+        for progress, step in ((0.55, -2.3 + cosine(0.1) - cosine(0.0)), (0.75, cosine(0.5) - cosine(0.4))):
+            late[:, 0] = progress
+            assert dropped.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
     else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
         obs[:, 1] = 0.0  # lr_ratio
         assert policy.model.formula(obs) == pytest.approx(np.ones(5))
