@@ -130,40 +130,42 @@ _PHASED = (
     f" - {_PATIENT_CUT.replace('{sharp}', '{tolerance}')}*(1 - {{calm}}*(1 - progress))"
     f" - {_ANNEAL})"
 )
-# after the budget's fraction {settle}: the controller freezes and the level it reached follows a
-# cosine to e^-depth of itself, step by step (log s(i/T) − log s((i−1)/T), so any budget T works)
-_LATE = "min(max(1000*(progress - {settle}), 0), 1)"
-_COSINE_AT = "cos(pi*min(max(({at} - {{settle}})/(1 - {{settle}}), 0), 1))"
-_SETTLE = (
-    f"exp(({{beta}} + (1 - {{beta}})*{_LATE})*lr_ratio + (1 - {_LATE})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
-    f" + 0.5*{{depth}}*({_COSINE_AT.format(at='progress')} - {_COSINE_AT.format(at='(progress - epoch_fraction)')}))"
-)
-# ``settle_step``: the controller freezes at the budget's fraction max(settle, warm/T), so a
-# short budget still gets warm epochs to find the level, and the level then drops as step decay
-# does: by e^-drop at once and by e^-drop2 halfway to the end
-_SETTLE_AT = "max({settle}, {warm}*epoch_fraction)"
-_LATE_AT = f"min(max(1000*(progress - {_SETTLE_AT}), 0), 1)"
+_PREVIOUS = "(progress - epoch_fraction)"  # the progress one epoch earlier
+
+
+def _late(at: str, now: str = "progress") -> str:
+    """0 until the progress ``now`` passes ``at``, then 1."""
+    return f"min(max(1000*({now} - {at}), 0), 1)"
+
+
+def _settling(late: str) -> str:
+    """The ``patience`` controller until ``late`` turns 1; then the LR's ratio is frozen (memory 1, no reaction)."""
+    return f"({{beta}} + (1 - {{beta}})*{late})*lr_ratio + (1 - {late})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
+
+
+def _cosine_step(at: str) -> str:
+    """This epoch's step of a cosine in log LR from ``at`` to the budget's end, to e^-depth."""
+    cosine = lambda now: f"cos(pi*min(max(({now} - {at})/(1 - {at}), 0), 1))"  # noqa: E731
+    return f"0.5*{{depth}}*({cosine('progress')} - {cosine(_PREVIOUS)})"
 
 
 def _drop_at(at: str) -> str:
     """1 at the first epoch whose progress passes ``at``, else 0: a one-epoch step of the log LR."""
-    return f"(min(max(1000*(progress - ({at})), 0), 1) - min(max(1000*((progress - epoch_fraction) - ({at})), 0), 1))"
+    return f"({_late(f'({at})')} - {_late(f'({at})', _PREVIOUS)})"
 
 
-_SETTLE_STEP = (
-    f"exp(({{beta}} + (1 - {{beta}})*{_LATE_AT})*lr_ratio + (1 - {_LATE_AT})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
-    f" - {{drop}}*{_drop_at(_SETTLE_AT)} - {{drop2}}*{_drop_at(f'({_SETTLE_AT} + 1)/2')})"
-)
-# ``settle_drop``: ``settle`` that freezes at max(settle, warm/T) (at most 0.95 of the budget),
-# drops by e^-drop there at once and then follows its cosine from the dropped level
+# after the budget's fraction {settle}: the controller freezes and the level it reached follows a
+# cosine to e^-depth of itself, step by step (log s(i/T) − log s((i−1)/T), so any budget T works)
+_SETTLE = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')})"
+# ``settle_step``: the controller freezes at the budget's fraction max(settle, warm/T), so a
+# short budget still gets warm epochs to find the level, and the level then drops as step decay
+# does: by e^-drop at once and by e^-drop2 halfway to the end
+_SETTLE_AT = "max({settle}, {warm}*epoch_fraction)"
+_SETTLE_STEP = f"exp({_settling(_late(_SETTLE_AT))} - {{drop}}*{_drop_at(_SETTLE_AT)} - {{drop2}}*{_drop_at(f'({_SETTLE_AT} + 1)/2')})"
+# ``settle_drop``: ``settle`` that freezes at max(settle, warm/T) (at most 0.95 of the budget, so
+# its cosine has epochs left), drops by e^-drop there at once and then follows its cosine
 _DROP_AT = "min(max({settle}, {warm}*epoch_fraction), 0.95)"
-_LATE_DROP = f"min(max(1000*(progress - {_DROP_AT}), 0), 1)"
-_COSINE_FROM = f"cos(pi*min(max(({{at}} - {_DROP_AT})/(1 - {_DROP_AT}), 0), 1))"
-_SETTLE_DROP = (
-    f"exp(({{beta}} + (1 - {{beta}})*{_LATE_DROP})*lr_ratio + (1 - {_LATE_DROP})*({{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT})"
-    f" - {{drop}}*{_drop_at(_DROP_AT)}"
-    f" + 0.5*{{depth}}*({_COSINE_FROM.replace('{at}', 'progress')} - {_COSINE_FROM.replace('{at}', '(progress - epoch_fraction)')}))"
-)
+_SETTLE_DROP = f"exp({_settling(_late(_DROP_AT))} - {{drop}}*{_drop_at(_DROP_AT)} + {_cosine_step(_DROP_AT)})"
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
