@@ -166,6 +166,9 @@ _SETTLE_STEP = f"exp({_settling(_late(_SETTLE_AT))} - {{drop}}*{_drop_at(_SETTLE
 # its cosine has epochs left), drops by e^-drop there at once and then follows its cosine
 _DROP_AT = "min(max({settle}, {warm}*epoch_fraction), 0.95)"
 _SETTLE_DROP = f"exp({_settling(_late(_DROP_AT))} - {{drop}}*{_drop_at(_DROP_AT)} + {_cosine_step(_DROP_AT)})"
+# ``settle_plateau``: ``settle`` whose cut stays on after it settles, with its own strength:
+# a loss that stays above its best once the level is frozen cuts by up to e^-plateau per epoch
+_SETTLE_PLATEAU = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')} - {_late('{settle}')}*{_PATIENT_CUT.replace('{react}', '{plateau}')})"
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -260,6 +263,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   the level drops by e^−drop at once, then the cosine of ``depth`` ends the run. The drop
 #:   gains on MNIST1D-MLP, the cosine on tasks still learning at half the budget
 #:   (agents/PSI.md, 16). It starts at the shipped default (no drop, no warm epochs).
+#: - ``settle_plateau``: ``settle`` whose cut goes on after it settles, with its own strength
+#:   ``plateau``: once the level is frozen, each epoch whose loss stays above its best (with
+#:   the controller's patience) cuts by up to e^−plateau, as ReduceLROnPlateau does, on top of
+#:   the cosine. A run that stalls (MNIST1D-MLP overfitting at a large LR) drops when it
+#:   stalls, one still learning at half its budget (always at its best) does not (agents/PSI.md,
+#:   17). It starts at the shipped default (plateau 0).
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -342,6 +351,12 @@ FAMILIES: dict[str, Family] = {
         _SETTLE_DROP,
         _inserted(_SETTLE_BOUNDS, after="settle", warm=(0.0, 15.0), drop=(0.0, 5.0)),
         {**_SETTLE_SHIPPED, "warm": 0.0, "drop": 0.0},
+        features="relative_budget",
+    ),
+    "settle_plateau": Family(
+        _SETTLE_PLATEAU,
+        {**_SETTLE_BOUNDS, "plateau": (0.0, 5.0)},
+        {**_SETTLE_SHIPPED, "plateau": 0.0},
         features="relative_budget",
     ),
     "phased": Family(

@@ -86,7 +86,16 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         fell[:, 0], fell[:, 5] = 1.0, -0.2
         faded = load_policy_of(family.expression({**family.start, "fade": 1.0}), "relative_best")
         assert (faded.model.formula(fell) < policy.model.formula(fell)).all()  # no rise at the end
-    elif name == "settle":  # the default Ψ of psi.yaml until it settles; then a cosine from the level it reached, whatever the losses
+    elif name.startswith("settle"):
+        check_settle_family(name, family, policy, obs)
+    else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
+        obs[:, 1] = 0.0  # lr_ratio
+        assert policy.model.formula(obs) == pytest.approx(np.ones(5))
+
+
+def check_settle_family(name, family, policy, obs):
+    """The settle families: the controller until it settles, then each family's end."""
+    if name == "settle":  # the default Ψ of psi.yaml until it settles; then a cosine from the level it reached, whatever the losses
         patience = evolve.FAMILIES["patience"]
         default = load_policy_of(patience.expression({**family.start, "anneal": 0.0, "speed": 1.0}), "relative_best")
         obs[:, 0], obs[:, 10] = 0.3, 0.05  # before half the budget of 20 epochs
@@ -141,10 +150,24 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         for progress, step in ((0.55, -2.3 + cosine(0.1) - cosine(0.0)), (0.75, cosine(0.5) - cosine(0.4))):
             late[:, 0] = progress
             assert dropped.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
-    else:  # the base LR, constant: ratio 1 whatever the losses, once the LR is the base
-        obs[:, 1] = 0.0  # lr_ratio
-        assert policy.model.formula(obs) == pytest.approx(np.ones(5))
+    elif name == "settle_plateau":  # the shipped default; after it settles, a loss above its best cuts by up to e^-plateau
+        settle = evolve.FAMILIES["settle"]
+        shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        obs[:, 10] = 0.05  # 20 epochs
+        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+        cutting = load_policy_of(family.expression({**family.start, "plateau": 2.3}), "relative_budget")
+        early, late = obs.copy(), obs.copy()
+        early[:, 0], late[:, 0] = 0.5, 0.8  # before and after it settles at 0.7
+        for o in (early, late):
+            o[:, 8], o[:, 9] = 0.05, 0.1  # above its best for two epochs
+        assert cutting.model.formula(early) == pytest.approx(shipped.model.formula(early))
+        cut = 2.3 * np.tanh(family.start["sharp"] * 0.05) * np.tanh(family.start["patience"] * 0.1)
+        assert cutting.model.formula(late) == pytest.approx(shipped.model.formula(late) * np.exp(-cut))
+        late[:, 8], late[:, 9] = 0.0, 0.0  # back at its best: no cut
+        assert cutting.model.formula(late) == pytest.approx(shipped.model.formula(late))
 
+    else:
+        pytest.fail(f"no check for the family {name}")
 
 def test_the_mixed_family_reacts_to_the_train_loss():
     family = evolve.FAMILIES["mixed"]
