@@ -169,6 +169,10 @@ _SETTLE_DROP = f"exp({_settling(_late(_DROP_AT))} - {{drop}}*{_drop_at(_DROP_AT)
 # ``settle_plateau``: ``settle`` whose cut stays on after it settles, with its own strength:
 # a loss that stays above its best once the level is frozen cuts by up to e^-plateau per epoch
 _SETTLE_PLATEAU = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')} - {_late('{settle}')}*{_PATIENT_CUT.replace('{react}', '{plateau}')})"
+# ``settle_gap``: ``settle`` with one drop of e^-drop at the budget's fraction {at}, as much as the
+# run overfits there: tanh(gapk * max(log(L_valid / L_train) - gap0, 0))
+_OVERFIT = "tanh({gapk}*max(generalisation_gap - {gap0}, 0))"
+_SETTLE_GAP = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT})"
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -269,6 +273,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   the cosine. A run that stalls (MNIST1D-MLP overfitting at a large LR) drops when it
 #:   stalls, one still learning at half its budget (always at its best) does not (agents/PSI.md,
 #:   17). It starts at the shipped default (plateau 0).
+#: - ``settle_gap``: ``settle`` with one drop by e^−drop at the budget's fraction ``at``, as
+#:   large as the run overfits there (``tanh(gapk · max(log(L_valid / L_train) − gap0, 0))``).
+#:   A run whose train loss has fallen far below its validation loss (MNIST1D-MLP, where tuned
+#:   step decay drops 10× at half the budget) drops; one still learning at half its budget
+#:   (train and validation loss together) does not (agents/PSI.md, 17). It starts at the
+#:   shipped default (drop 0).
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -357,6 +367,12 @@ FAMILIES: dict[str, Family] = {
         _SETTLE_PLATEAU,
         {**_SETTLE_BOUNDS, "plateau": (0.0, 5.0)},
         {**_SETTLE_SHIPPED, "plateau": 0.0},
+        features="relative_budget",
+    ),
+    "settle_gap": Family(
+        _SETTLE_GAP,
+        {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0)},
+        {**_SETTLE_SHIPPED, "drop": 0.0, "at": 0.5, "gap0": 0.25, "gapk": 10.0},
         features="relative_budget",
     ),
     "phased": Family(

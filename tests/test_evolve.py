@@ -166,6 +166,21 @@ def check_settle_family(name, family, policy, obs):
         late[:, 8], late[:, 9] = 0.0, 0.0  # back at its best: no cut
         assert cutting.model.formula(late) == pytest.approx(shipped.model.formula(late))
 
+    elif name == "settle_gap":  # the shipped default; at half the budget a drop as large as the run overfits
+        settle = evolve.FAMILIES["settle"]
+        shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        obs[:, 10] = 0.05  # 20 epochs
+        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+        dropping = load_policy_of(family.expression({**family.start, "drop": 2.3}), "relative_budget")
+        at_half = obs.copy()
+        at_half[:, 0] = 0.55  # the first epoch past half of 20
+        at_half[:, 7] = [0.0, 0.25, 0.35, 0.5, 2.0]  # log(L_valid / L_train)
+        drop = 2.3 * np.tanh(10.0 * np.maximum(at_half[:, 7] - 0.25, 0.0))
+        assert dropping.model.formula(at_half) == pytest.approx(shipped.model.formula(at_half) * np.exp(-drop))
+        assert drop[:2].max() == 0.0 and drop[-1] == pytest.approx(2.3)  # no gap: no drop; a large one: all of it
+        later = at_half.copy()
+        later[:, 0] = 0.65  # one drop only
+        assert dropping.model.formula(later) == pytest.approx(shipped.model.formula(later))
     else:
         pytest.fail(f"no check for the family {name}")
 
