@@ -156,7 +156,8 @@ def _drop_at(at: str) -> str:
 
 # after the budget's fraction {settle}: the controller freezes and the level it reached follows a
 # cosine to e^-depth of itself, step by step (log s(i/T) − log s((i−1)/T), so any budget T works)
-_SETTLE = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')})"
+_SETTLED = f"{_settling(_late('{settle}'))} + {_cosine_step('{settle}')}"
+_SETTLE = f"exp({_SETTLED})"
 # ``settle_step``: the controller freezes at the budget's fraction max(settle, warm/T), so a
 # short budget still gets warm epochs to find the level, and the level then drops as step decay
 # does: by e^-drop at once and by e^-drop2 halfway to the end
@@ -168,11 +169,11 @@ _DROP_AT = "min(max({settle}, {warm}*epoch_fraction), 0.95)"
 _SETTLE_DROP = f"exp({_settling(_late(_DROP_AT))} - {{drop}}*{_drop_at(_DROP_AT)} + {_cosine_step(_DROP_AT)})"
 # ``settle_plateau``: ``settle`` whose cut stays on after it settles, with its own strength:
 # a loss that stays above its best once the level is frozen cuts by up to e^-plateau per epoch
-_SETTLE_PLATEAU = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')} - {_late('{settle}')}*{_PATIENT_CUT.replace('{react}', '{plateau}')})"
+_SETTLE_PLATEAU = f"exp({_SETTLED} - {_late('{settle}')}*{_PATIENT_CUT.replace('{react}', '{plateau}')})"
 # ``settle_gap``: ``settle`` with one drop of e^-drop at the budget's fraction {at}, as much as the
 # run overfits there: tanh(gapk * max(log(L_valid / L_train) - gap0, 0))
 _OVERFIT = "tanh({gapk}*max(generalisation_gap - {gap0}, 0))"
-_SETTLE_GAP = f"exp({_settling(_late('{settle}'))} + {_cosine_step('{settle}')} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT})"
+_SETTLE_GAP = f"exp({_SETTLED} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT})"
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}

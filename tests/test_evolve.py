@@ -138,10 +138,7 @@ def check_settle_family(name, family, policy, obs):
             late[:, 0] = progress
             assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
     elif name == "settle_drop":  # the shipped default; a drop where it settles, then the cosine from the dropped level
-        settle = evolve.FAMILIES["settle"]
-        shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
-        obs[:, 10] = 0.05  # 20 epochs
-        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+        shipped = starts_at_the_shipped_settle(family, policy, obs)
         dropped = load_policy_of(family.expression({**family.start, "settle": 0.5, "warm": 8.0, "drop": 2.3}), "relative_budget")
         late = obs.copy()
         late[:, 1] = 1.5
@@ -151,10 +148,7 @@ def check_settle_family(name, family, policy, obs):
             late[:, 0] = progress
             assert dropped.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
     elif name == "settle_plateau":  # the shipped default; after it settles, a loss above its best cuts by up to e^-plateau
-        settle = evolve.FAMILIES["settle"]
-        shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
-        obs[:, 10] = 0.05  # 20 epochs
-        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+        shipped = starts_at_the_shipped_settle(family, policy, obs)
         cutting = load_policy_of(family.expression({**family.start, "plateau": 2.3}), "relative_budget")
         early, late = obs.copy(), obs.copy()
         early[:, 0], late[:, 0] = 0.5, 0.8  # before and after it settles at 0.7
@@ -165,12 +159,8 @@ def check_settle_family(name, family, policy, obs):
         assert cutting.model.formula(late) == pytest.approx(shipped.model.formula(late) * np.exp(-cut))
         late[:, 8], late[:, 9] = 0.0, 0.0  # back at its best: no cut
         assert cutting.model.formula(late) == pytest.approx(shipped.model.formula(late))
-
     elif name == "settle_gap":  # the shipped default; at half the budget a drop as large as the run overfits
-        settle = evolve.FAMILIES["settle"]
-        shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
-        obs[:, 10] = 0.05  # 20 epochs
-        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+        shipped = starts_at_the_shipped_settle(family, policy, obs)
         dropping = load_policy_of(family.expression({**family.start, "drop": 2.3}), "relative_budget")
         at_half = obs.copy()
         at_half[:, 0] = 0.55  # the first epoch past half of 20
@@ -183,6 +173,16 @@ def check_settle_family(name, family, policy, obs):
         assert dropping.model.formula(later) == pytest.approx(shipped.model.formula(later))
     else:
         pytest.fail(f"no check for the family {name}")
+
+
+def starts_at_the_shipped_settle(family, policy, obs):
+    """Check that ``policy`` (``family`` at its start) is the shipped settle default over 20 epochs; return that default."""
+    settle = evolve.FAMILIES["settle"]
+    shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+    obs[:, 10] = 0.05  # 20 epochs
+    assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
+    return shipped
+
 
 def test_the_mixed_family_reacts_to_the_train_loss():
     family = evolve.FAMILIES["mixed"]
