@@ -138,7 +138,7 @@ def check_settle_family(name, family, policy, obs):
             late[:, 0] = progress
             assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
     elif name == "settle_drop":  # the shipped default; a drop where it settles, then the cosine from the dropped level
-        shipped = starts_at_the_shipped_settle(family, policy, obs)
+        starts_at_the_shipped_settle(family, policy, obs)
         dropped = load_policy_of(family.expression({**family.start, "settle": 0.5, "warm": 8.0, "drop": 2.3}), "relative_budget")
         late = obs.copy()
         late[:, 1] = 1.5
