@@ -9,6 +9,7 @@ Usage::
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve-smoke/formula.json
     python -m agents.evolve --config agents/configs/psi.yaml --seed 1 --rescore default runs/evolve-smoke/formula.json  # no search
+    python -m agents.evolve --config agents/configs/psi.yaml --final-sets 3 --rescore default runs/evolve-smoke/formula.json  # the shipping rule
 
 RL learns Ψ as a network and :mod:`agents.distill` turns it into a formula afterwards. This
 script searches the formula directly. Each family (:data:`FAMILIES`, ``--family``) is bold driver
@@ -39,12 +40,17 @@ The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
 - **Validation.** Every ``--eval-every`` generations the CMA-ES mean is scored on fixed
   validation seeds (base LRs not set off, as the harness runs), and the best one is kept.
   With ``--finalists K``, the K best are scored again on ``--final-seeds`` fresh seeds, at the
-  harness's base LRs and set off, and the best mean of the two is kept (:func:`pick`).
+  harness's base LRs and set off, and the best mean of the two is kept (:func:`pick`). With
+  ``--final-sets S`` they are scored on the final seeds of ``--seed`` and of the S − 1 seeds
+  after it, and ranked by the mean over the sets: the rule a default Ψ ships by is S = 3.
 - **Seeds** come from their own bases, never the harness's tuning or evaluation seeds.
 
 ``--rescore FORMULA ...`` searches nothing: it scores each formula file (or shipped name), at
-its own box, on the final seeds of ``--seed`` (:func:`rescore`), so that a pick can be checked
-on seeds no search used, paired with the formula it would replace.
+its own box, on the final seeds of ``--seed`` (of each of ``--final-sets`` seeds from it,
+averaged) (:func:`rescore`), so that a pick can be checked on seeds no search used, paired
+with the formula it would replace. ``--generations 0`` searches nothing either: it scores the
+start (the family's, or moved by ``--start`` / ``--init``) as the final pick would and writes
+it as the search's result, so a hand-set formula gets the same record and ``--ship``.
 
 Writes ``formula.json`` (loadable by ``lrenv.load_policy`` / ``load_scheduler`` /
 ``agents.evaluate --runs``), ``generations.csv`` (every generation's fitness, validation, inner
@@ -393,7 +399,7 @@ VALID_SEED_BASE = 70_000
 class Args:
     config: str = field(default="agents/configs/default.yaml", metadata={"help": "a training config whose populations and env are the distribution"})
     out: str = field(default="runs/evolve", metadata={"help": "output folder"})
-    generations: int = field(default=30, metadata={"help": "CMA-ES generations"})
+    generations: int = field(default=30, metadata={"help": "CMA-ES generations (0: search nothing, score the start on the final seeds and keep it)"})
     popsize: int = field(default=10, metadata={"help": "candidates per generation"})
     seeds: int = field(default=3, metadata={"help": "fresh seeds per variant and generation"})
     sigma: float = field(default=0.25, metadata={"help": "CMA-ES initial step, in units of each constant's box"})
@@ -404,6 +410,10 @@ class Args:
     eval_seeds: int = field(default=4, metadata={"help": "validation seeds per variant"})
     finalists: int = field(default=1, metadata={"help": "validated CMA-ES means scored again at the end on --final-seeds (1: keep the best validated one)"})
     final_seeds: int = field(default=16, metadata={"help": "fresh validation seeds per variant and base-LR setting of each finalist"})
+    final_sets: int = field(
+        default=1,
+        metadata={"help": "sets of final seeds (those of --seed, --seed+1, ...) that the final pick and --rescore average over; the shipping rule uses 3"},
+    )
     workers: int = field(default=2, metadata={"help": "worker processes (0: this process)"})
     seed: int = field(default=0, metadata={"help": "seed of CMA-ES and of the episode seeds"})
     ship: bool = field(default=False, metadata={"help": "also install formula.json as the package's default Ψ (load_policy('default'))"})
@@ -436,11 +446,12 @@ class Args:
 def parse_args(argv: list[str] | None = None) -> Args:
     parser = dataclass_parser(Args, "python -m agents.evolve", __doc__.split("\n\n")[0])
     args = Args(**vars(parser.parse_args(argv)))
-    for key in ("generations", "popsize", "seeds", "eval_every", "eval_seeds", "finalists", "final_seeds"):
+    for key in ("popsize", "seeds", "eval_every", "eval_seeds", "finalists", "final_seeds", "final_sets"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
-    if args.seeds_at_base < 0:
-        raise ValueError(f"--seeds-at-base must be 0 or more, got {args.seeds_at_base}")
+    for key in ("generations", "seeds_at_base"):
+        if getattr(args, key) < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(args, key)}")
     if args.popsize < 4:
         raise ValueError(f"--popsize must be at least 4 for CMA-ES, got {args.popsize}")
     if args.family not in FAMILIES:
@@ -570,14 +581,28 @@ def centred_ranks(scores: np.ndarray) -> np.ndarray:
 
 
 def score_on_final_seeds(exprs: list[str], variants: list, env: EnvConfig, args: Args, pool: ProcessPool | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean returns ``[C, V]`` at the harness's base LRs and set off as in ``env``, and the inner epochs spent.
+    """Mean returns ``[S, C, V]`` per set of final seeds, at the harness's base LRs and set off as in ``env``; inner epochs spent.
 
-    On ``--final-seeds`` seeds of their own for each ``--seed``: what the final pick and ``--rescore`` score on.
+    Set ``s`` is ``--final-seeds`` seeds of their own for the seed ``--seed + s`` (``--final-sets``
+    sets): what the final pick and ``--rescore`` score on. No search of ``--seed`` uses them.
     """
-    seeds = [env_run_seed(VALID_SEED_BASE + 1000 * args.seed + 500 + k) for k in range(args.final_seeds)]
-    at_base, spent_base = run_candidates(exprs, variants, env.replace(base_lr_spread=1.0), seeds, pool)
-    set_off, spent_off = run_candidates(exprs, variants, env, seeds, pool)
-    return at_base, set_off, spent_base + spent_off
+    at_base, set_off, spent = [], [], 0
+    for s in range(args.final_sets):
+        seeds = [env_run_seed(VALID_SEED_BASE + 1000 * (args.seed + s) + 500 + k) for k in range(args.final_seeds)]
+        base, spent_base = run_candidates(exprs, variants, env.replace(base_lr_spread=1.0), seeds, pool)
+        off, spent_off = run_candidates(exprs, variants, env, seeds, pool)
+        at_base.append(base)
+        set_off.append(off)
+        spent += spent_base + spent_off
+    return np.stack(at_base), np.stack(set_off), spent
+
+
+def _per_set(at_base: np.ndarray, set_off: np.ndarray, args: Args) -> str:
+    """One candidate's mean return ``(base + set off) / 2`` on each set of final seeds (``[S, V]`` inputs), for the log."""
+    if args.final_sets == 1:
+        return ""
+    means = (at_base.mean(-1) + set_off.mean(-1)) / 2
+    return " (" + ", ".join(f"seed {args.seed + s}: {m:.4f}" for s, m in enumerate(means)) + ")"
 
 
 def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
@@ -592,15 +617,17 @@ def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
         for source in args.rescore:
             saved = read_formula_arg("--rescore", source)
             own = env.replace(features=saved.formula.features, relative_factor=saved.relative_factor)
-            at_base, set_off, _ = score_on_final_seeds([saved.formula.expression], variants, own, args, pool)
+            sets_base, sets_off, _ = score_on_final_seeds([saved.formula.expression], variants, own, args, pool)
+            at_base, set_off = sets_base[:, 0].mean(0), sets_off[:, 0].mean(0)  # [V], averaged over the sets
             row = {"formula": source, "relative_factor": saved.relative_factor}
             row.update(return_base_lr=float(at_base.mean()), return_set_off=float(set_off.mean()))
             row["return"] = (row["return_base_lr"] + row["return_set_off"]) / 2
-            row.update({f"base_{v}": float(at_base[0, v]) for v in range(len(variants))})
-            row.update({f"set_off_{v}": float(set_off[0, v]) for v in range(len(variants))})
+            row.update({f"return_seed_{args.seed + s}": float((sets_base[s].mean() + sets_off[s].mean()) / 2) for s in range(args.final_sets)})
+            row.update({f"base_{v}": float(at_base[v]) for v in range(len(variants))})
+            row.update({f"set_off_{v}": float(set_off[v]) for v in range(len(variants))})
             rows.append(row)
             scores = f"{row['return_base_lr']:.4f} at the base LRs, {row['return_set_off']:.4f} set off, mean {row['return']:.4f}"
-            print(f"  {source} (x{saved.relative_factor:g}): {scores}", flush=True)
+            print(f"  {source} (x{saved.relative_factor:g}): {scores}{_per_set(sets_base[:, 0], sets_off[:, 0], args)}", flush=True)
     finally:
         if pool is not None:
             pool.close()
@@ -613,28 +640,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     variants, env = read_distribution(args.config)
     if args.rescore:
-        print(f"Scoring {len(args.rescore)} formula(s) on {len(variants)} variants x {args.final_seeds} final seeds of --seed {args.seed}", flush=True)
+        sets = f"--seed {args.seed}" if args.final_sets == 1 else f"each of the seeds {args.seed}..{args.seed + args.final_sets - 1}"
+        print(f"Scoring {len(args.rescore)} formula(s) on {len(variants)} variants x {args.final_seeds} final seeds of {sets}", flush=True)
         rows = rescore(args, variants, env)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_csv(Path(args.out) / "rescore.csv", rows)
         print(f"Wrote {Path(args.out) / 'rescore.csv'} in {time.perf_counter() - start:.0f} s")
         return {"rescored": rows}
-    try:
-        import cma
-    except ImportError as exc:
-        raise SystemExit('agents.evolve needs cma: pip install "lrenv[fit]" (or pip install cma)') from exc
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     family = FAMILIES[args.family]
     env = env.replace(features=family.features)
     valid_env = env.replace(base_lr_spread=1.0)  # the harness's base LRs
     box = bounds(args.bound, family)
-    print(f"CMA-ES over {len(box)} constants of {family.template}", flush=True)
-    print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
-    options = {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9}
+    if args.generations:
+        print(f"CMA-ES over {len(box)} constants of {family.template}", flush=True)
+        print(f"on {len(variants)} variants, {args.popsize} candidates x {args.seeds} seeds per generation", flush=True)
+    else:
+        print(f"No search (--generations 0): the start of {args.family}, scored on {len(variants)} variants", flush=True)
     first = start_point(args.init, box, family, read_start(args.start, args.family))
-    strategy = cma.CMAEvolutionStrategy(to_unit(first, box), args.sigma, options)
+    strategy = _strategy(first, box, args) if args.generations else None
     pool = ProcessPool(args.workers) if args.workers > 0 else None
     rows: list[dict[str, Any]] = []
     validated: list[tuple[float, dict[str, float], int]] = []  # (validation return, constants, generation)
@@ -670,7 +695,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_csv(out / "generations.csv", rows)
             note = f", validation {row['validation_return']:.4f}" if np.isfinite(row["validation_return"]) else ""
             print(f"  gen {g}: mean return {row['mean_return']:.4f}{note}; {spent} inner epochs, {row['seconds']:.0f} s", flush=True)
-        best, finals, epochs = pick(validated, args, family, variants, env, pool, first if args.start or args.init else None)
+        best, finals, epochs = pick(validated, args, family, variants, env, pool, first if args.start or args.init or not args.generations else None)
         spent += epochs
     finally:
         if pool is not None:
@@ -680,6 +705,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configs = {t: make_task(t, **next(o for n, o in variants if n == t)).config for t in tasks}
     wall = time.perf_counter() - start
     fit = {"validation_return": best[0], "generation": best[2], "constants": constants, "inner_epochs": spent, "wall_time_s": round(wall, 1)}
+    fit["final_sets"] = [args.seed + s for s in range(args.final_sets)]
     if finals:
         fit["finalists"] = finals
     domain = {"variants": [{"task": t, "task_config": o} for t, o in variants], "base_lr_spread": env.base_lr_spread, "family": family.template, "bounds": box}
@@ -701,6 +727,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return fit
 
 
+def _strategy(first: dict[str, float], box: dict[str, tuple[float, float]], args: Args):
+    """CMA-ES in the unit box, started at ``first``."""
+    try:
+        import cma
+    except ImportError as exc:
+        raise SystemExit('agents.evolve needs cma: pip install "lrenv[fit]" (or pip install cma)') from exc
+    options = {"bounds": [0, 1], "popsize": args.popsize, "seed": args.seed + 1, "verbose": -9}
+    return cma.CMAEvolutionStrategy(to_unit(first, box), args.sigma, options)
+
+
 def pick(
     validated: list[tuple[float | None, dict[str, float], int]],
     args: Args,
@@ -713,28 +749,31 @@ def pick(
     """The kept constants: the best validated mean, or with ``--finalists`` K > 1 the best of the K best on fresh seeds.
 
     The in-search validation has few seeds, and neighbouring means differ by about its noise.
-    Each finalist is scored again on ``--final-seeds`` seeds of its own, at the harness's base
-    LRs and with base LRs set off as in training, and ranked by the mean of the two returns.
-    A chosen ``start`` (``--start`` or ``--init``) competes as a finalist of generation -1: a search that finds
-    nothing better on the final seeds returns where it started.
+    Each finalist is scored again on ``--final-seeds`` seeds of its own (on each of
+    ``--final-sets`` sets), at the harness's base LRs and with base LRs set off as in training,
+    and ranked by the mean of the two returns over the sets. A chosen ``start`` (``--start``,
+    ``--init``, or any start with ``--generations 0``) competes as a finalist of generation -1:
+    a search that finds nothing better on the final seeds returns where it started.
 
     Returns:
         ``(validation return, constants, generation)`` of the pick, the finalists' scores, inner epochs spent.
     """
     ranked = sorted(validated, key=lambda v: -v[0])
-    if args.finalists == 1 or (len(ranked) == 1 and start is None):
+    if ranked and (args.finalists == 1 or (len(ranked) == 1 and start is None)):
         return ranked[0], [], 0
     finalists = ranked[: args.finalists] + ([(None, start, -1)] if start is not None else [])
     exprs = [family.expression(constants) for _, constants, _ in finalists]
-    at_base, set_off, spent = score_on_final_seeds(exprs, variants, env, args, pool)
-    finals = [
-        {"generation": g, "validation_return": v, "final_return_base_lr": float(a.mean()), "final_return_set_off": float(o.mean()), "constants": constants}
-        for (v, constants, g), a, o in zip(finalists, at_base, set_off)
-    ]
-    for f in finals:
+    sets_base, sets_off, spent = score_on_final_seeds(exprs, variants, env, args, pool)
+    finals = []
+    for c, (v, constants, g) in enumerate(finalists):
+        base, off = sets_base[:, c], sets_off[:, c]  # [S, V]
+        f = {"generation": g, "validation_return": v, "final_return_base_lr": float(base.mean()), "final_return_set_off": float(off.mean())}
         f["final_return"] = (f["final_return_base_lr"] + f["final_return_set_off"]) / 2
-        label = "the start" if f["generation"] < 0 else f"finalist of generation {f['generation']}"
-        print(f"  {label}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off", flush=True)
+        if args.final_sets > 1:
+            f["final_return_per_set"] = [float(m) for m in (base.mean(-1) + off.mean(-1)) / 2]
+        finals.append({**f, "constants": constants})
+        label = "the start" if g < 0 else f"finalist of generation {g}"
+        print(f"  {label}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off{_per_set(base, off, args)}", flush=True)
     chosen = max(range(len(finals)), key=lambda k: finals[k]["final_return"])
     return finalists[chosen], finals, spent
 

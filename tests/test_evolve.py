@@ -306,3 +306,26 @@ def test_rescore_scores_formulas_on_the_seeds_of_the_final_pick(tmp_path):
     assert (tmp_path / "rescore" / "rescore.csv").read_text().count("\n") == 3
     with pytest.raises(ValueError, match="--rescore 'nowhere.json'"):
         evolve.parse_args(["--rescore", "nowhere.json"])
+
+
+def test_final_sets_average_the_pick_and_rescore_over_the_seeds_that_follow(tmp_path):
+    argv = ["--config", str(_config(tmp_path)), "--family", "best", "--popsize", "4", "--seeds", "1", "--eval-every", "1", "--eval-seeds", "1"]
+    argv += ["--final-seeds", "1", "--workers", "0"]
+    # --generations 0 searches nothing: the start (here moved by --init) is scored on every set and kept
+    kept = evolve.main([*argv, "--generations", "0", "--init", "beta=0.9", "--final-sets", "2", "--out", str(tmp_path / "start")])
+    (start,) = kept["finalists"]
+    assert kept["generation"] == -1 and kept["constants"]["beta"] == 0.9 and kept["final_sets"] == [0, 1]
+    assert kept["inner_epochs"] == 2 * 2 * (3 + 4)  # 2 sets x (base LRs, set off) x one seed of each variant (3 and 4 epochs)
+    by_set = []
+    for seed in (0, 1):  # each set is exactly --rescore's single set of that seed, and the pick ranks by their mean
+        one = evolve.main([*argv, "--seed", str(seed), "--rescore", str(tmp_path / "start" / "formula.json"), "--out", str(tmp_path / f"s{seed}")])
+        by_set.append(one["rescored"][0]["return"])
+    assert start["final_return_per_set"] == pytest.approx(by_set) and start["final_return"] == pytest.approx(np.mean(by_set))
+    both = evolve.main([*argv, "--final-sets", "2", "--rescore", str(tmp_path / "start" / "formula.json"), "--out", str(tmp_path / "both")])
+    row = both["rescored"][0]
+    assert (row["return_seed_0"], row["return_seed_1"], row["return"]) == pytest.approx((*by_set, np.mean(by_set)))
+    assert load_policy(tmp_path / "start" / "formula.json").model.formula.expression == evolve.FAMILIES["best"].expression(kept["constants"])
+    with pytest.raises(ValueError, match="--final-sets must be at least 1"):
+        evolve.parse_args(["--final-sets", "0"])
+    with pytest.raises(ValueError, match="--generations must be 0 or more"):
+        evolve.parse_args(["--generations", "-1"])
