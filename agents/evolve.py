@@ -180,6 +180,10 @@ _SETTLE_PLATEAU = f"exp({_SETTLED} - {_late('{settle}')}*{_PATIENT_CUT.replace('
 # run overfits there: tanh(gapk * max(log(L_valid / L_train) - gap0, 0))
 _OVERFIT = "tanh({gapk}*max(generalisation_gap - {gap0}, 0))"
 _SETTLE_GAP = f"exp({_SETTLED} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT})"
+# ``settle_gap_stall``: ``settle_gap`` whose drop a run at its best validation loss holds back by
+# the fraction {still}: a run that overfits by the gap but still improves keeps its level
+_STALLED = "(1 - {still}*(1 - tanh({patience}*epochs_since_best)))"
+_SETTLE_GAP_STALL = f"exp({_SETTLED} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT}*{_STALLED})"
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -209,6 +213,9 @@ _SETTLE_BOUNDS = {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal
 _SETTLE_START = {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6}
 #: The shipped default Ψ (agents/PSI.md, section 15: ``settle`` from settling at 0.7): where ``settle_eased`` and ``settle_gated`` start.
 _SETTLE_SHIPPED = {**_SETTLE_START, "settle": 0.7}
+#: The shipped default Ψ (agents/PSI.md, section 18): ``settle`` from 0.7 with a 10x drop at half the budget,
+#: gated by the generalisation gap and held back at the best validation loss; where ``settle_gap_stall`` starts.
+_GAP_SHIPPED = {**_SETTLE_SHIPPED, "drop": 2.3, "at": 0.5, "gap0": 0.25, "gapk": 10.0, "still": 1.0}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -286,6 +293,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   step decay drops 10× at half the budget) drops; one still learning at half its budget
 #:   (train and validation loss together) does not (agents/PSI.md, 17). It starts at the
 #:   shipped default (drop 0).
+#: - ``settle_gap_stall``: ``settle_gap`` whose drop is held back by the fraction ``still`` in a
+#:   run at its best validation loss (``1 − still · (1 − tanh(patience · epochs_since_best))``,
+#:   the controller's own patience). A run can overfit by the gap (MNIST1D-MLP-wide) and yet
+#:   still improve (Digits-MLP at batch 32, which loses to the drop): the second keeps its level
+#:   (agents/PSI.md, 18). It starts at the shipped default (a ÷10 drop at 0.5, gap0 0.25,
+#:   gapk 10, still 1).
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -380,6 +393,12 @@ FAMILIES: dict[str, Family] = {
         _SETTLE_GAP,
         {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0)},
         {**_SETTLE_SHIPPED, "drop": 0.0, "at": 0.5, "gap0": 0.25, "gapk": 10.0},
+        features="relative_budget",
+    ),
+    "settle_gap_stall": Family(
+        _SETTLE_GAP_STALL,
+        {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0)},
+        _GAP_SHIPPED,
         features="relative_budget",
     ),
     "phased": Family(
