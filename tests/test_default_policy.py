@@ -25,7 +25,8 @@ def test_the_default_policy_is_small_plain_data_and_loads_by_name():
     # nothing it reads depends on the LR's absolute scale
     assert policy.env_config.action_mode == "multiplier" and policy.env_config.features in ("relative", "relative_best", "relative_budget")
     assert (DEFAULT_POLICY_DIR / "formula.json").stat().st_size <= 1_000_000
-    assert policy.model.formula.operations <= 64 and "agents.evolve" in policy.config["source"]  # a controller and a cosine: one line each
+    # a controller, a cosine and one gated drop: one line each
+    assert policy.model.formula.operations <= 80 and "agents.evolve" in policy.config["source"]
     fit = json.loads((DEFAULT_POLICY_DIR / "formula.json").read_text())["fit"]
     assert fit["inner_epochs"] <= 200_000 and fit["wall_time_s"] <= 3600  # the meta-training budget
 
@@ -151,3 +152,23 @@ def test_the_default_asks_for_the_epoch_budget_it_anneals_over():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert lrenv.load_scheduler(optimizer, "default", epochs=30).epochs == 30
+
+
+def test_the_default_drops_once_at_half_its_budget_as_far_as_the_run_overfits():
+    """At the first epoch past T/2 the default's LR falls by up to 10x, and only when L_valid is over 1.28 L_train."""
+
+    def lrs(gap: float) -> np.ndarray:  # flat losses, L_valid = e^gap · L_train: only the gap differs between runs
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        scheduler = lrenv.load_scheduler(optimizer, "default", epochs=10)
+        for _ in range(8):
+            scheduler.step(train_loss=0.5, valid_loss=0.5 * np.exp(gap))
+        return np.array(scheduler.lrs)
+
+    together = lrs(0.0)
+    assert lrs(0.2) == pytest.approx(together)  # a gap under 0.25: no drop
+    overfit = lrs(1.0) / together
+    drop = int(np.argmax(overfit < 0.99))
+    assert drop == 6 and overfit[:drop] == pytest.approx(np.ones(drop))  # set after epoch 6 of 10: the first whose i/T passes 0.5
+    assert overfit[drop] == pytest.approx(0.1, rel=0.01)  # all of the ÷10 drop
+    assert overfit[drop + 1] == pytest.approx(overfit[drop] ** 0.9183)  # once: the controller's memory then carries it
+    assert 0.1 < lrs(0.3)[drop] / together[drop] < 1  # a gap just over 0.25 drops less
