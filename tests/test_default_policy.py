@@ -154,14 +154,15 @@ def test_the_default_asks_for_the_epoch_budget_it_anneals_over():
         assert lrenv.load_scheduler(optimizer, "default", epochs=30).epochs == 30
 
 
-def test_the_default_drops_once_at_half_its_budget_as_far_as_the_run_overfits():
-    """At the first epoch past T/2 the default's LR falls by up to 10x, and only when L_valid is over 1.28 L_train."""
+def test_the_default_drops_once_at_half_its_budget_as_far_as_the_run_overfits_and_stalls():
+    """Past T/2 the default's LR falls once by up to 10x: when L_valid is over 1.28 L_train and no longer at its best."""
 
-    def lrs(gap: float) -> np.ndarray:  # flat losses, L_valid = e^gap · L_train: only the gap differs between runs
+    def lrs(gap: float, falling: float = 0.0) -> np.ndarray:  # L_valid = e^gap · L_train: only the gap differs between runs
         optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
         scheduler = lrenv.load_scheduler(optimizer, "default", epochs=10)
-        for _ in range(8):
-            scheduler.step(train_loss=0.5, valid_loss=0.5 * np.exp(gap))
+        for i in range(8):
+            valid = 0.5 * np.exp(-falling * i)  # a flat loss stays above its first epoch's; a falling one is a new best each epoch
+            scheduler.step(train_loss=valid * np.exp(-gap), valid_loss=valid)
         return np.array(scheduler.lrs)
 
     together = lrs(0.0)
@@ -172,3 +173,4 @@ def test_the_default_drops_once_at_half_its_budget_as_far_as_the_run_overfits():
     assert overfit[drop] == pytest.approx(0.1, rel=0.01)  # all of the ÷10 drop
     assert overfit[drop + 1] == pytest.approx(overfit[drop] ** 0.9183)  # once: the controller's memory then carries it
     assert 0.1 < lrs(0.3)[drop] / together[drop] < 1  # a gap just over 0.25 drops less
+    assert lrs(1.0, falling=0.01) == pytest.approx(lrs(0.0, falling=0.01))  # still improving: no drop, however large the gap
