@@ -130,16 +130,23 @@ def test_the_harness_plays_the_shipped_policies_as_lrenv_does(name):
     assert len(episodes) == 2
 
 
+def shipped_constants() -> dict[str, float]:
+    """The constants the default's search kept (its family's template is in the record too)."""
+    return json.loads((DEFAULT_POLICY_DIR / "formula.json").read_text())["fit"]["constants"]
+
+
 def test_the_default_settles_by_its_clock_and_keeps_shrinking_past_the_budget():
-    """After 0.7·T the losses no longer move the default: its LR only falls, to base/300 at most."""
+    """After settle·T the losses no longer move the default: its LR only falls, to base/300 at most."""
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = lrenv.load_scheduler(optimizer, "default", epochs=10)
     rng = np.random.default_rng(0)
     for _ in range(40):  # 30 epochs past the budget, the losses jumping about
         scheduler.step(train_loss=float(rng.uniform(0.5, 2)), valid_loss=float(rng.uniform(0.5, 2)))
-    settled = np.array(scheduler.lrs[8:])  # the LRs chosen after epochs 8, 9, ... (i/T > 0.7)
-    assert np.all(np.diff(settled) <= 0) and settled[0] < scheduler.lrs[7]
+    first = int(np.floor(shipped_constants()["settle"] * 10)) + 1  # the LRs chosen after the first epoch i with i/T > settle, and on
+    assert 5 < first < 10
+    settled = np.array(scheduler.lrs[first:])
+    assert np.all(np.diff(settled) <= 0) and settled[0] < scheduler.lrs[first - 1]
     assert settled[-1] == pytest.approx(0.1 / lrenv.load_policy("default").env_config.relative_factor)
 
 
@@ -154,8 +161,10 @@ def test_the_default_asks_for_the_epoch_budget_it_anneals_over():
         assert lrenv.load_scheduler(optimizer, "default", epochs=30).epochs == 30
 
 
-def test_the_default_drops_once_at_half_its_budget_as_far_as_the_run_overfits_and_stalls():
-    """Past T/2 the default's LR falls once by up to 10x: when L_valid is over 1.28 L_train and no longer at its best."""
+def test_the_default_drops_once_near_half_its_budget_as_far_as_the_run_overfits_and_stalls():
+    """Past at·T the default's LR falls once by up to e^-drop: when log(L_valid / L_train) is over gap0 and L_valid is not at its best."""
+    c = shipped_constants()
+    assert 0.3 < c["at"] < 0.6 and c["drop"] >= 2.3  # about half the budget, 10x or more
 
     def lrs(gap: float, falling: float = 0.0) -> np.ndarray:  # L_valid = e^gap · L_train: only the gap differs between runs
         optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
@@ -166,11 +175,11 @@ def test_the_default_drops_once_at_half_its_budget_as_far_as_the_run_overfits_an
         return np.array(scheduler.lrs)
 
     together = lrs(0.0)
-    assert lrs(0.2) == pytest.approx(together)  # a gap under 0.25: no drop
+    assert lrs(c["gap0"] - 0.05) == pytest.approx(together)  # a gap under gap0: no drop
     overfit = lrs(1.0) / together
     drop = int(np.argmax(overfit < 0.99))
-    assert drop == 6 and overfit[:drop] == pytest.approx(np.ones(drop))  # set after epoch 6 of 10: the first whose i/T passes 0.5
-    assert overfit[drop] == pytest.approx(0.1, rel=0.01)  # all of the ÷10 drop
-    assert overfit[drop + 1] == pytest.approx(overfit[drop] ** 0.9183)  # once: the controller's memory then carries it
-    assert 0.1 < lrs(0.3)[drop] / together[drop] < 1  # a gap just over 0.25 drops less
+    assert drop == int(np.floor(c["at"] * 10)) + 1 and overfit[:drop] == pytest.approx(np.ones(drop))  # the first epoch whose i/T passes at
+    assert overfit[drop] == pytest.approx(np.exp(-c["drop"] * np.tanh(c["gapk"] * (1.0 - c["gap0"]))), rel=1e-3)  # all of the drop, or nearly
+    assert overfit[drop + 1] == pytest.approx(overfit[drop] ** c["beta"])  # once: the controller's memory then carries it
+    assert overfit[drop] < lrs(c["gap0"] + 0.05)[drop] / together[drop] < 1  # a gap just over gap0 drops less
     assert lrs(1.0, falling=0.01) == pytest.approx(lrs(0.0, falling=0.01))  # still improving: no drop, however large the gap
