@@ -211,10 +211,10 @@ _PSI_DEFAULT = {"beta": 0.9183, "grow": -0.2930, "rise": 0.7949, "react": 0.6436
 _SETTLE_BOUNDS = {**{k: v for k, v in _PATIENCE_BOX.items() if k not in ("anneal", "speed")}, "settle": (0.2, 0.95), "depth": (0.0, 8.0)}
 #: Where ``settle`` starts: the controller of the default Ψ above, settling at half the budget to 1 % of its level.
 _SETTLE_START = {**{k: v for k, v in _PSI_DEFAULT.items() if k not in ("anneal", "speed")}, "settle": 0.5, "depth": 4.6}
-#: The shipped default Ψ (agents/PSI.md, section 15: ``settle`` from settling at 0.7): where ``settle_eased`` and ``settle_gated`` start.
+#: The default Ψ of agents/PSI.md, section 15 (``settle`` from settling at 0.7; shipped until 2026-12-03): where most ``settle_*`` families start.
 _SETTLE_SHIPPED = {**_SETTLE_START, "settle": 0.7}
-#: The shipped default Ψ (agents/PSI.md, section 18): ``settle`` from 0.7 with a 10x drop at half the budget,
-#: gated by the generalisation gap and held back at the best validation loss; where ``settle_gap_stall`` starts.
+#: The held drop of agents/PSI.md, section 18 (step 2 of the shipped default): ``settle`` from 0.7 with a 10x drop at
+#: half the budget, gated by the generalisation gap and held back at the best validation loss; where ``settle_gap_stall`` starts.
 _GAP_SHIPPED = {**_SETTLE_SHIPPED, "drop": 2.3, "at": 0.5, "gap0": 0.25, "gapk": 10.0, "still": 1.0}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
@@ -265,11 +265,11 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   still falls fast (``g · (1 − e · tanh(f · max(−Δt_i, 0)))``): a validation loss that
 #:   stops falling while the model still learns (overfitting, as on MNIST1D-MLP, where tuned
 #:   step decay holds 0.3) pulls the LR down less than one that stops because the LR is too
-#:   large. It starts at the shipped ``settle`` default with e = 0.
+#:   large. It starts at the ``settle`` default of section 15 with e = 0.
 #: - ``settle_gated``: ``settle`` whose cut fades while the train loss still falls fast, as
 #:   in ``gated``. Once the clock anneals, the cut no longer has to; it only has to catch a
-#:   base LR that is too large, where the train loss stalls. It starts at the shipped
-#:   ``settle`` default (settling at 0.7) with no gate.
+#:   base LR that is too large, where the train loss stalls. It starts at the
+#:   ``settle`` default of section 15 (settling at 0.7) with no gate.
 #: - ``settle_step``: ``settle`` ending as step decay does, not by a cosine: the controller
 #:   freezes at the budget's fraction max(settle, warm/T) (a short budget keeps ``warm``
 #:   epochs to find the level), the level drops by e^−drop there and by e^−drop2 halfway to
@@ -280,25 +280,25 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   cosine) and ``settle_step`` (two drops): the controller freezes at max(settle, warm/T),
 #:   the level drops by e^−drop at once, then the cosine of ``depth`` ends the run. The drop
 #:   gains on MNIST1D-MLP, the cosine on tasks still learning at half the budget
-#:   (agents/PSI.md, 16). It starts at the shipped default (no drop, no warm epochs).
+#:   (agents/PSI.md, 16). It starts at the section-15 default (no drop, no warm epochs).
 #: - ``settle_plateau``: ``settle`` whose cut goes on after it settles, with its own strength
 #:   ``plateau``: once the level is frozen, each epoch whose loss stays above its best (with
 #:   the controller's patience) cuts by up to e^−plateau, as ReduceLROnPlateau does, on top of
 #:   the cosine. A run that stalls (MNIST1D-MLP overfitting at a large LR) drops when it
 #:   stalls, one still learning at half its budget (always at its best) does not (agents/PSI.md,
-#:   17). It starts at the shipped default (plateau 0).
+#:   17). It starts at the section-15 default (plateau 0).
 #: - ``settle_gap``: ``settle`` with one drop by e^−drop at the budget's fraction ``at``, as
 #:   large as the run overfits there (``tanh(gapk · max(log(L_valid / L_train) − gap0, 0))``).
 #:   A run whose train loss has fallen far below its validation loss (MNIST1D-MLP, where tuned
 #:   step decay drops 10× at half the budget) drops; one still learning at half its budget
 #:   (train and validation loss together) does not (agents/PSI.md, 17). It starts at the
-#:   shipped default (drop 0).
+#:   section-15 default (drop 0).
 #: - ``settle_gap_stall``: ``settle_gap`` whose drop is held back by the fraction ``still`` in a
 #:   run at its best validation loss (``1 − still · (1 − tanh(patience · epochs_since_best))``,
 #:   the controller's own patience). A run can overfit by the gap (MNIST1D-MLP-wide) and yet
 #:   still improve (Digits-MLP at batch 32, which loses to the drop): the second keeps its level
-#:   (agents/PSI.md, 18). It starts at the shipped default (a ÷10 drop at 0.5, gap0 0.25,
-#:   gapk 10, still 1).
+#:   (agents/PSI.md, 18). It starts at the held drop that the shipped default was searched
+#:   from (a ÷10 drop at 0.5, gap0 0.25, gapk 10, still 1).
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -456,7 +456,8 @@ class Args:
     rescore: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "search nothing: score these formula files (or shipped names) on --final-seeds seeds of --seed, as the final pick does",
+            "help": "search nothing: score these formula files (or shipped names) on --final-seeds seeds of --seed"
+            " (and of the seeds after it, with --final-sets), as the final pick does",
             "metavar": "FORMULA",
         },
     )
@@ -616,11 +617,15 @@ def score_on_final_seeds(exprs: list[str], variants: list, env: EnvConfig, args:
     return np.stack(at_base), np.stack(set_off), spent
 
 
-def _per_set(at_base: np.ndarray, set_off: np.ndarray, args: Args) -> str:
-    """One candidate's mean return ``(base + set off) / 2`` on each set of final seeds (``[S, V]`` inputs), for the log."""
+def _set_means(at_base: np.ndarray, set_off: np.ndarray) -> np.ndarray:
+    """One candidate's mean return ``(base + set off) / 2`` on each set of final seeds: ``[S, V]`` inputs, ``[S]`` out."""
+    return (at_base.mean(-1) + set_off.mean(-1)) / 2
+
+
+def _per_set(means: np.ndarray, args: Args) -> str:
+    """The per-set means of :func:`_set_means` for the log (nothing for a single set)."""
     if args.final_sets == 1:
         return ""
-    means = (at_base.mean(-1) + set_off.mean(-1)) / 2
     return " (" + ", ".join(f"seed {args.seed + s}: {m:.4f}" for s, m in enumerate(means)) + ")"
 
 
@@ -638,15 +643,16 @@ def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
             own = env.replace(features=saved.formula.features, relative_factor=saved.relative_factor)
             sets_base, sets_off, _ = score_on_final_seeds([saved.formula.expression], variants, own, args, pool)
             at_base, set_off = sets_base[:, 0].mean(0), sets_off[:, 0].mean(0)  # [V], averaged over the sets
+            per_set = _set_means(sets_base[:, 0], sets_off[:, 0])
             row = {"formula": source, "relative_factor": saved.relative_factor}
             row.update(return_base_lr=float(at_base.mean()), return_set_off=float(set_off.mean()))
             row["return"] = (row["return_base_lr"] + row["return_set_off"]) / 2
-            row.update({f"return_seed_{args.seed + s}": float((sets_base[s].mean() + sets_off[s].mean()) / 2) for s in range(args.final_sets)})
+            row.update({f"return_seed_{args.seed + s}": float(m) for s, m in enumerate(per_set)})
             row.update({f"base_{v}": float(at_base[v]) for v in range(len(variants))})
             row.update({f"set_off_{v}": float(set_off[v]) for v in range(len(variants))})
             rows.append(row)
             scores = f"{row['return_base_lr']:.4f} at the base LRs, {row['return_set_off']:.4f} set off, mean {row['return']:.4f}"
-            print(f"  {source} (x{saved.relative_factor:g}): {scores}{_per_set(sets_base[:, 0], sets_off[:, 0], args)}", flush=True)
+            print(f"  {source} (x{saved.relative_factor:g}): {scores}{_per_set(per_set, args)}", flush=True)
     finally:
         if pool is not None:
             pool.close()
@@ -786,13 +792,14 @@ def pick(
     finals = []
     for c, (v, constants, g) in enumerate(finalists):
         base, off = sets_base[:, c], sets_off[:, c]  # [S, V]
+        per_set = _set_means(base, off)
         f = {"generation": g, "validation_return": v, "final_return_base_lr": float(base.mean()), "final_return_set_off": float(off.mean())}
         f["final_return"] = (f["final_return_base_lr"] + f["final_return_set_off"]) / 2
         if args.final_sets > 1:
-            f["final_return_per_set"] = [float(m) for m in (base.mean(-1) + off.mean(-1)) / 2]
+            f["final_return_per_set"] = [float(m) for m in per_set]
         finals.append({**f, "constants": constants})
         label = "the start" if g < 0 else f"finalist of generation {g}"
-        print(f"  {label}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off{_per_set(base, off, args)}", flush=True)
+        print(f"  {label}: {f['final_return_base_lr']:.4f} at the base LRs, {f['final_return_set_off']:.4f} set off{_per_set(per_set, args)}", flush=True)
     chosen = max(range(len(finals)), key=lambda k: finals[k]["final_return"])
     return finalists[chosen], finals, spent
 

@@ -177,9 +177,9 @@ def check_settle_family(name, family, policy, obs):
         at_half[:, 0], at_half[:, 10] = 0.55, 0.05  # the first epoch past half of 20
         at_half[:, 7] = 1.0  # overfitting by the gap: all of the drop
         at_half[:, 9] = [0.0, 0.0, 0.05, 0.1, 0.5]  # at its best, or 1, 2, 10 epochs after it
-        dropping = load_policy_of(gap.expression({**{k: family.start[k] for k in gap.bounds}}), "relative_budget")
+        dropping = load_policy_of(gap.expression({k: family.start[k] for k in gap.bounds}), "relative_budget")
         held = np.tanh(family.start["patience"] * at_half[:, 9])  # the part of the drop that is left
-        gap_drop = dropping.model.formula(at_half) / load_policy_of(gap.expression({**gap.start}), "relative_budget").model.formula(at_half)
+        gap_drop = dropping.model.formula(at_half) / load_policy_of(gap.expression(gap.start), "relative_budget").model.formula(at_half)
         assert policy.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half) * gap_drop ** (held - 1))
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
