@@ -63,7 +63,11 @@ from lrenv.policy import SHIPPED_POLICIES, LoadedPolicy, load_policy
 from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
 # Observer arrays a state saved before the best-so-far features may lack, and what stands in for them
-_LATER_STATE = {"best_valid": "valid", "best_epoch": "epoch", "valid_change": None}
+_LATER_STATE = {"best_valid": "valid", "best_epoch": "epoch", "valid_change": None, "peak_lr": "lr"}
+_RESTARTS = {
+    "best_valid": "the best validation loss so far restarts at the latest one (relative_best)",
+    "peak_lr": "the highest LR so far restarts at the latest one (relative_peak)",
+}
 
 
 def _float(value: Any, what: str) -> float:
@@ -276,10 +280,11 @@ class PolicyScheduler(LRScheduler):
         saved = dict(state_dict["observer"])
         missing = [name for name in _LATER_STATE if name not in saved]
         if missing:
-            # the run's best so far was not saved: its latest loss stands in, as if it were the best
+            # what was not saved restarts from the latest epoch: its loss as the best so far, its LR as the highest
             warnings.warn(
-                f"this scheduler state has no {', '.join(missing)} (saved by an older lrenv): the best validation loss so far"
-                " restarts at the latest one, so a policy over relative_best features may act differently from an uninterrupted run",
+                f"this scheduler state has no {', '.join(missing)} (saved by an older lrenv): "
+                + " and ".join(_RESTARTS[name] for name in missing if name in _RESTARTS)
+                + ", so a policy over those features may act differently from an uninterrupted run",
                 stacklevel=2,
             )
             for name in missing:

@@ -161,7 +161,7 @@ def test_bad_arguments_name_what_is_allowed(tiny_task):
         LREnv(tiny_task, reward="accuracy")
     with pytest.raises(ValueError, match="choose one of absolute, relative, multiplier"):
         LREnv(tiny_task, action_mode="cyclic")
-    with pytest.raises(ValueError, match="choose one of standard, relative, relative_best, relative_hyper, relative_budget, minimal"):
+    with pytest.raises(ValueError, match="choose one of standard, relative, relative_best, relative_hyper, relative_budget, relative_peak, minimal"):
         LREnv(tiny_task, features="all")
     with pytest.raises(TypeError, match="allowed: epochs, batch_size"):
         LREnv(tiny_task, task_config={"epoch": 3})
@@ -256,3 +256,20 @@ def test_relative_budget_reads_one_epoch_of_the_budget():
     obs = observer.update(stats([1.5, np.nan]), np.full(2, 0.1))
     np.testing.assert_allclose(obs[:, 10], [0.25, 0.02])
     np.testing.assert_allclose(obs[:, 0] - obs[:, 10], [0.0, 0.0], atol=1e-7)  # progress one epoch earlier
+
+
+def test_relative_peak_reads_the_highest_lr_a_run_has_trained_at():
+    from lrenv.env import Observer
+
+    observer = Observer("relative_peak", n=2)
+    assert observer.names[:11] == Observer("relative_budget").names and observer.names[11] == "lr_ratio_peak"
+    obs = observer.reset([0, 1], stats([2.0, 2.0]), lr=np.array([0.1, 1.0]), epochs=np.full(2, 4), lr_range=np.array([[1e-3, 10.0]] * 2))
+    assert obs[:, 11].tolist() == [0.0, 0.0]  # nothing trained yet: the base
+    obs = observer.update(stats([1.5, 1.8]), np.array([0.3, 0.5]))
+    np.testing.assert_allclose(obs[:, 11], np.log([3.0, 0.5]), rtol=1e-6)  # a first epoch below the base is the peak
+    obs = observer.update(stats([1.4, np.nan]), np.array([0.05, 0.7]))
+    np.testing.assert_allclose(obs[:, 11], np.log([3.0, 0.7]), rtol=1e-6)  # held after a cut, raised by a higher LR
+    obs = observer.reset([0], stats([3.0]), lr=np.full(1, 0.2), epochs=np.full(1, 4), lr_range=np.array([[1e-3, 10.0]]))
+    assert obs[0, 11] == 0.0  # a new episode forgets the old peak
+    obs = observer.update(stats([2.0, 1.9]), np.array([0.1, 0.7]))
+    np.testing.assert_allclose(obs[:, 11], np.log([0.5, 0.7]), rtol=1e-6)

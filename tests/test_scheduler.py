@@ -232,3 +232,8 @@ def test_the_default_resumes_from_a_checkpoint_as_if_never_stopped():
         old.load_state_dict(older)
     old.step(train_loss=0.55, valid_loss=1.0)  # still runs, from the latest loss as the best
     assert len(old.lrs) == 5
+    no_peak = {**state, "observer": {k: v for k, v in state["observer"].items() if k != "peak_lr"}}
+    _, old = scheduler()
+    with pytest.warns(UserWarning, match=r"no peak_lr .*: the highest LR so far restarts at the latest one"):
+        old.load_state_dict(no_peak)
+    assert old.observer.peak_lr.tolist() == old.observer.lr.tolist()

@@ -72,6 +72,17 @@ index  name                            meaning                                  
 10     ``epoch_fraction``              1 / T, one epoch over the epoch budget       [0, 1]
 =====  ==============================  ===========================================  ===========
 
+``"relative_peak"`` — ``"relative_budget"`` and the highest LR the run has trained at, so a
+policy can keep the LR near one the run has tolerated (as tuned step decay holds its LR through
+a jittering loss) while still reading the LR's scale against the base only.
+
+=====  ==============================  ===========================================  ===========
+index  name                            meaning                                      bounds
+=====  ==============================  ===========================================  ===========
+11     ``lr_ratio_peak``               log(highest LR of the epochs trained so      [-10, 10]
+                                       far / base LR); 0 at epoch 0
+=====  ==============================  ===========================================  ===========
+
 ``"minimal"`` — Ψ(ε, i) exactly as posed: the loss so far and the epoch.
 
 =====  ==============  ==========================================  =========
@@ -128,6 +139,7 @@ FEATURE_SETS: dict[str, tuple[Feature, ...]] = {
     "relative_best": _RELATIVE_BEST,
     "relative_hyper": (*_RELATIVE_BEST, Feature("lr_change", -_LR_RATIO, _LR_RATIO), Feature("valid_loss_change_before", -_CHANGE, _CHANGE)),
     "relative_budget": (*_RELATIVE_BEST, Feature("epoch_fraction", 0.0, 1.0)),
+    "relative_peak": (*_RELATIVE_BEST, Feature("epoch_fraction", 0.0, 1.0), Feature("lr_ratio_peak", -_LR_RATIO, _LR_RATIO)),
     "minimal": (
         Feature("progress", 0.0, 1.0),
         Feature("valid_loss", -_LOSS_RATIO, _LOSS_RATIO),
@@ -151,7 +163,10 @@ class Observer:
     """
 
     #: The arrays that hold the runs' loss history: all a checkpoint needs to resume them (a scheduler's state).
-    STATE = ("epoch", "epochs", "lr", "base_lr", "log_lr_range", "first_train", "first_valid", "train", "valid", "best_valid", "best_epoch", "valid_change")
+    STATE = (
+        *("epoch", "epochs", "lr", "base_lr", "log_lr_range", "first_train", "first_valid", "train", "valid"),
+        *("best_valid", "best_epoch", "valid_change", "peak_lr"),
+    )
 
     def __init__(self, features: str = "standard", n: int = 1) -> None:
         if not (isinstance(features, str) and features in FEATURE_SETS):
@@ -174,6 +189,7 @@ class Observer:
         self.best_valid = nan.copy()
         self.best_epoch = np.zeros(n, dtype=np.int64)
         self.valid_change = np.zeros(n)
+        self.peak_lr = nan.copy()  # the highest LR a run has trained at; NaN before its first epoch
 
     def reset(
         self,
@@ -205,6 +221,7 @@ class Observer:
         self.first_valid[idx] = self.valid[idx] = self.best_valid[idx] = initial.valid_loss
         self.best_epoch[idx] = 0
         self.valid_change[idx] = 0.0
+        self.peak_lr[idx] = np.nan
         zeros = np.zeros(len(idx))
         return self._observe(idx, initial.train_loss, initial.valid_loss, zeros, zeros, zeros, zeros, zeros)
 
@@ -214,6 +231,7 @@ class Observer:
         self.epoch += 1
         lr_change = _log(np.asarray(lr, float)) - _log(self.lr)
         self.lr[:] = lr
+        self.peak_lr = np.fmax(self.peak_lr, self.lr)  # fmax: a run's first epoch replaces the NaN
         train_change = _log(stats.train_loss) - _log(self.train)
         valid_change = _log(stats.valid_loss) - _log(self.valid)
         valid_change_before, self.valid_change = self.valid_change, valid_change
@@ -241,6 +259,7 @@ class Observer:
             "lr_change": lr_change,
             "valid_loss_change_before": valid_change_before,
             "epoch_fraction": 1.0 / self.epochs[idx],
+            "lr_ratio_peak": np.log(np.where(np.isnan(self.peak_lr[idx]), self.lr[idx], self.peak_lr[idx]) / self.base_lr[idx]),
         }
         with np.errstate(divide="ignore", invalid="ignore"):
             obs = np.stack([np.asarray(values[name], dtype=np.float64) for name in self.names], 1)
