@@ -48,7 +48,10 @@ The constants are searched by CMA-ES (the ``cma`` package) in the family's box.
 ``--rescore FORMULA ...`` searches nothing: it scores each formula file (or shipped name), at
 its own box, on the final seeds of ``--seed`` (of each of ``--final-sets`` seeds from it,
 averaged) (:func:`rescore`), so that a pick can be checked on seeds no search used, paired
-with the formula it would replace. ``--generations 0`` searches nothing either: it scores the
+with the formula it would replace. Each formula after the first is set against the first (the
+incumbent) per set (:func:`against_first`): with ``--final-sets`` of 2 or more it *beats* it
+when the mean difference exceeds twice its standard error over the sets; on one set (a
+checking set), when it is ahead. ``--generations 0`` searches nothing either: it scores the
 start (the family's, or moved by ``--start`` / ``--init``) as the final pick would and writes
 it as the search's result, so a hand-set formula gets the same record and ``--ship``.
 
@@ -659,6 +662,32 @@ def rescore(args: Args, variants: list, env: EnvConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def against_first(rows: list[dict[str, Any]], args: Args) -> None:
+    """Set each rescored formula after the first against the first, per set of final seeds (paired).
+
+    Adds ``diff_vs_first`` (the mean of the per-set differences of the mean return),
+    ``diff_se`` (its standard error over the sets) and ``beats_first``: the difference exceeds
+    twice its standard error, so a win within the spread between the sets is no win. One set
+    has no spread: there it beats the first by being ahead at all, which is what the shipping
+    rule's checking set asks.
+    """
+    if len(rows) < 2:
+        return
+    names = [f"return_seed_{args.seed + s}" for s in range(args.final_sets)]
+    first = np.array([rows[0][n] for n in names])
+    rows[0].update(diff_vs_first=0.0, diff_se=0.0, beats_first=False)  # rescore.csv takes its columns from the first row
+    for row in rows[1:]:
+        diffs = np.array([row[n] for n in names]) - first
+        se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+        margin = 2 * se if len(diffs) > 1 else 0.0
+        row.update(diff_vs_first=float(diffs.mean()), diff_se=se, beats_first=bool(diffs.mean() > margin))
+        if len(diffs) > 1:
+            how = f" ± {se:.4f} over {len(diffs)} sets; " + ("beats it by more than" if row["beats_first"] else "does not beat it by") + " twice that"
+        else:
+            how = " on one set; " + ("ahead" if row["beats_first"] else "not ahead")
+        print(f"  {row['formula']} against {rows[0]['formula']}: {row['diff_vs_first']:+.4f}{how}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     args = parse_args(argv)
@@ -668,6 +697,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sets = f"--seed {args.seed}" if args.final_sets == 1 else f"each of the seeds {args.seed}..{args.seed + args.final_sets - 1}"
         print(f"Scoring {len(args.rescore)} formula(s) on {len(variants)} variants x {args.final_seeds} final seeds of {sets}", flush=True)
         rows = rescore(args, variants, env)
+        against_first(rows, args)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_csv(Path(args.out) / "rescore.csv", rows)
         print(f"Wrote {Path(args.out) / 'rescore.csv'} in {time.perf_counter() - start:.0f} s")

@@ -321,6 +321,19 @@ def test_rescore_scores_formulas_on_the_seeds_of_the_final_pick(tmp_path):
         evolve.parse_args(["--rescore", "nowhere.json"])
 
 
+def test_a_formula_beats_the_first_only_by_more_than_twice_the_standard_error_over_the_sets():
+    args = evolve.parse_args(["--final-sets", "3", "--seed", "4"])
+    first = {"formula": "default", "return_seed_4": 1.0, "return_seed_5": 1.2, "return_seed_6": 0.9}
+    steady = {"formula": "steady", "return_seed_4": 1.010, "return_seed_5": 1.212, "return_seed_6": 0.911}  # +0.011 ± 0.0006
+    noisy = {"formula": "noisy", "return_seed_4": 1.03, "return_seed_5": 1.19, "return_seed_6": 0.91}  # +0.010 ± 0.012
+    evolve.against_first([first, steady, noisy], args)
+    assert steady["diff_vs_first"] == pytest.approx(0.011) and steady["diff_se"] == pytest.approx(0.001 / np.sqrt(3))
+    assert steady["beats_first"] and not noisy["beats_first"] and noisy["diff_vs_first"] > 0
+    ahead, behind = {"formula": "ahead", "return_seed_4": 1.001}, {"formula": "behind", "return_seed_4": 0.999}
+    evolve.against_first([{"formula": "default", "return_seed_4": 1.0}, ahead, behind], evolve.parse_args(["--seed", "4"]))  # a checking set
+    assert ahead["beats_first"] and not behind["beats_first"] and ahead["diff_vs_first"] == pytest.approx(0.001)
+
+
 def test_final_sets_average_the_pick_and_rescore_over_the_seeds_that_follow(tmp_path):
     argv = ["--config", str(_config(tmp_path)), "--family", "best", "--popsize", "4", "--seeds", "1", "--eval-every", "1", "--eval-seeds", "1"]
     argv += ["--final-seeds", "1", "--workers", "0"]
@@ -338,6 +351,11 @@ def test_final_sets_average_the_pick_and_rescore_over_the_seeds_that_follow(tmp_
     row = both["rescored"][0]
     assert (row["return_seed_0"], row["return_seed_1"], row["return"]) == pytest.approx((*by_set, np.mean(by_set)))
     assert load_policy(tmp_path / "start" / "formula.json").model.formula.expression == evolve.FAMILIES["best"].expression(kept["constants"])
+    # set against itself: no difference and no win; on one set nothing can win (no spread to judge by)
+    start_file = str(tmp_path / "start" / "formula.json")
+    twice = evolve.main([*argv, "--final-sets", "2", "--rescore", start_file, start_file, "--out", str(tmp_path / "self")])
+    assert twice["rescored"][1]["diff_vs_first"] == 0 and not twice["rescored"][1]["beats_first"]
+    assert "diff_se" in (tmp_path / "self" / "rescore.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="--final-sets must be at least 1"):
         evolve.parse_args(["--final-sets", "0"])
     with pytest.raises(ValueError, match="--generations must be 0 or more"):
