@@ -184,6 +184,20 @@ def check_settle_family(name, family, policy, obs):
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
         assert unheld.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half))  # still 0: settle_gap
+    elif name == "settle_floor":  # the present default (settle_gap_stall) with a floor under its controller until the drop
+        stall = evolve.FAMILIES["settle_gap_stall"]
+        shipped = load_policy_of(stall.expression({k: family.start[k] for k in stall.bounds}), "relative_budget")
+        obs[:, 0], obs[:, 10] = 0.3, 0.05  # before the drop at 0.45 of 20 epochs
+        obs[:, 11] = obs[:, 1]  # the LR is at its peak: the controller, even cutting, stays above e^-2 of it
+        assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs[:, :11]))
+        high = obs.copy()
+        high[:, 11] = 3.0  # the run trained at e^3 times the base before: the floor, e^(3 - 2), is above the controller
+        assert policy.model.formula(high) == pytest.approx(np.full(5, np.exp(3.0 - family.start["floor"])))
+        after = high.copy()
+        after[:, 0] = 0.6  # past the drop: no floor
+        assert policy.model.formula(after) == pytest.approx(shipped.model.formula(after[:, :11]))
+        no_floor = load_policy_of(family.expression({**family.start, "floor": 20.0}), "relative_peak")
+        assert no_floor.model.formula(high) == pytest.approx(shipped.model.formula(high[:, :11]))
     else:
         pytest.fail(f"no check for the family {name}")
 
