@@ -23,7 +23,7 @@ def test_the_default_policy_is_small_plain_data_and_loads_by_name():
     policy = lrenv.load_policy("default")
     assert policy.name == "default" and policy.config["algo"] == "formula"
     # nothing it reads depends on the LR's absolute scale
-    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features in ("relative", "relative_best", "relative_budget")
+    assert policy.env_config.action_mode == "multiplier" and policy.env_config.features in ("relative", "relative_best", "relative_budget", "relative_peak")
     assert (DEFAULT_POLICY_DIR / "formula.json").stat().st_size <= 1_000_000
     # a controller, a cosine and one gated drop: one line each
     assert policy.model.formula.operations <= 80 and "agents.evolve" in policy.config["source"]
@@ -183,3 +183,21 @@ def test_the_default_drops_once_near_half_its_budget_as_far_as_the_run_overfits_
     assert overfit[drop + 1] == pytest.approx(overfit[drop] ** c["beta"])  # once: the controller's memory then carries it
     assert overfit[drop] < lrs(c["gap0"] + 0.05)[drop] / together[drop] < 1  # a gap just over gap0 drops less
     assert lrs(1.0, falling=0.01) == pytest.approx(lrs(0.0, falling=0.01))  # still improving: no drop, however large the gap
+
+
+def test_the_default_keeps_its_lr_within_e_floor_of_the_highest_it_trained_at_until_the_drop():
+    """Before at·T a loss that keeps rising cuts the LR only down to e^-floor of the run's highest LR; from at·T on, further."""
+    c = shipped_constants()
+    assert 1.0 <= c["floor"] <= 3.0
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    scheduler = lrenv.load_scheduler(optimizer, "default", epochs=20)
+    valid = [2.0, 1.0, 0.6, 0.4] + [0.4 * 1.05**k for k in range(1, 17)]  # falls fast, then rises 5 % every epoch
+    for loss in valid:
+        scheduler.step(train_loss=loss, valid_loss=loss)  # no gap: the drop never fires
+    lrs = np.array(scheduler.lrs)
+    before = [i for i in range(1, 20) if i / 20 <= c["at"]]
+    floors = np.array([lrs[:i].max() * np.exp(-c["floor"]) for i in before])  # lrs[:i]: the LRs epochs 1..i trained at
+    assert np.all(lrs[before] >= floors * (1 - 1e-9))
+    assert np.isclose(lrs[before], floors, rtol=1e-6).sum() >= 2  # the rising loss cuts it down to the floor, which holds it
+    after = lrs[before[-1] + 1 : int(c["settle"] * 20)]
+    assert after.min() < lrs[before[-1]] * np.exp(-0.5)  # past at·T the cuts go on below it
