@@ -189,11 +189,17 @@ def test_the_default_keeps_its_lr_within_e_floor_of_the_highest_it_trained_at_un
     """Before at·T a loss that keeps rising cuts the LR only down to e^-floor of the run's highest LR; from at·T on, further."""
     c = shipped_constants()
     assert 1.0 <= c["floor"] <= 3.0
-    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    scheduler = lrenv.load_scheduler(optimizer, "default", epochs=20)
     valid = [2.0, 1.0, 0.6, 0.4] + [0.4 * 1.05**k for k in range(1, 17)]  # falls fast, then rises 5 % every epoch
-    for loss in valid:
-        scheduler.step(train_loss=loss, valid_loss=loss)  # no gap: the drop never fires
+
+    def run(losses, state=None):
+        scheduler = lrenv.load_scheduler(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), "default", epochs=20)
+        if state is not None:
+            scheduler.load_state_dict(state)
+        for loss in losses:
+            scheduler.step(train_loss=loss, valid_loss=loss)  # no gap: the drop never fires
+        return scheduler
+
+    scheduler = run(valid)
     lrs = np.array(scheduler.lrs)
     before = [i for i in range(1, 20) if i / 20 <= c["at"]]
     floors = np.array([lrs[:i].max() * np.exp(-c["floor"]) for i in before])  # lrs[:i]: the LRs epochs 1..i trained at
@@ -201,3 +207,9 @@ def test_the_default_keeps_its_lr_within_e_floor_of_the_highest_it_trained_at_un
     assert np.isclose(lrs[before], floors, rtol=1e-6).sum() >= 2  # the rising loss cuts it down to the floor, which holds it
     after = lrs[before[-1] + 1 : int(c["settle"] * 20)]
     assert after.min() < lrs[before[-1]] * np.exp(-0.5)  # past at·T the cuts go on below it
+    # a run resumed on the floor remembers the highest LR: it goes on exactly as the uninterrupted one
+    state = run(valid[:6]).state_dict()
+    assert run(valid[6:], state).lrs == scheduler.lrs
+    forgetful = {**state, "observer": {k: v for k, v in state["observer"].items() if k != "peak_lr"}}
+    with pytest.warns(UserWarning, match="the highest LR so far restarts"):
+        assert run(valid[6:], forgetful).lrs != scheduler.lrs  # without it the floor restarts lower
