@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m agents.evolve --config agents/configs/psi.yaml --family settle --start default --generations 20 --finalists 4  # from the default Ψ
+    python -m agents.evolve --config agents/configs/psi.yaml --family settle_floor --start default --generations 20 --finalists 4  # from the default Ψ
     python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --out runs/evolve-patience   # the default before it (~6 min)
     python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the one before that
     python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the first
@@ -529,10 +529,9 @@ def read_start(source: str, family_name: str) -> dict[str, float] | None:
     saved = read_formula_arg("--start", source)
     constants = saved.fit.get("constants")
     if saved.domain.get("family") != family.template or not isinstance(constants, dict) or set(constants) != set(family.bounds):
-        raise ValueError(
-            f"--start {source!r}: it was not evolved in the family {family_name!r} (its template: {saved.domain.get('family')!r}); "
-            "pass the --family it was evolved in"
-        )
+        own = [name for name, f in FAMILIES.items() if f.template == saved.domain.get("family")]
+        hint = f"pass --family {own[0]}, the family it was evolved in" if own else f"its template matches no family: {saved.domain.get('family')!r}"
+        raise ValueError(f"--start {source!r}: it was not evolved in the family {family_name!r}; {hint}")
     return {name: float(constants[name]) for name in family.bounds}
 
 

@@ -305,7 +305,7 @@ def test_a_search_can_start_from_an_evolved_formula_which_then_competes_in_the_p
     moved = evolve.main([*argv, "--generations", "1", "--init", "beta=0.9", "--finalists", "2", "--final-seeds", "1", "--out", str(tmp_path / "moved")])
     assert {f["generation"] for f in moved["finalists"]} == {-1, 0}  # a start moved by --init competes too
     assert next(f for f in moved["finalists"] if f["generation"] == -1)["constants"]["beta"] == 0.9
-    with pytest.raises(ValueError, match="not evolved in the family 'bold'"):
+    with pytest.raises(ValueError, match="not evolved in the family 'bold'; pass --family best, the family it was evolved in"):
         evolve.parse_args(["--family", "bold", "--start", start])
     with pytest.raises(ValueError, match="--start 'nowhere.json'"):
         evolve.parse_args(["--family", "best", "--start", "nowhere.json"])
