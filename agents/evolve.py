@@ -195,6 +195,13 @@ _SETTLE_FLOOR = (
     f"exp({_late('{settle}')}*lr_ratio + (1 - {_late('{settle}')})*{_FLOORED} + {_cosine_step('{settle}')}"
     f" - {{drop}}*{_drop_at('{at}')}*{_OVERFIT}*{_STALLED})"
 )
+# ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
+# trained at (the first cut came), only cuts: its rises are capped at the LR it has
+_BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
+_RATCHET = _SETTLE_FLOOR.replace(
+    f"max({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}, ",
+    f"max(min({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}, lr_ratio + 20*(1 - {_BELOW_PEAK})), ",
+)
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -322,6 +329,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   step decay does on MNIST1D-MLP. A base LR that is too large is cut from the first epoch,
 #:   so its peak is its first LR and the cuts may go e^−floor below that. It starts at the section-18 default (agents/PSI.md) with a floor of 2 (÷7.4): the
 #:   shipped default Ψ since 2026-12-03 (section 19).
+#: - ``settle_ratchet``: ``settle_floor`` whose controller, once the LR has come below the
+#:   highest it has trained at (after its first cut), only cuts: a falling loss no longer
+#:   raises it, so the level it found is held flat, pulled down only by the pull and the cuts,
+#:   to e^−floor of the peak, as tuned step decay holds its LR (agents/PSI.md, 19). While the
+#:   LR is at its peak the controller is free, so a run whose base LR is too small still
+#:   grows. It starts at the section-18 default with a floor of 1.2, set from probes.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -428,6 +441,12 @@ FAMILIES: dict[str, Family] = {
         _SETTLE_FLOOR,
         {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0), "floor": (0.0, 4.0)},
         {**_STALL_SHIPPED, "floor": 2.0},
+        features="relative_peak",
+    ),
+    "settle_ratchet": Family(
+        _RATCHET,
+        {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0), "floor": (0.0, 4.0)},
+        {**_STALL_SHIPPED, "floor": 1.2},
         features="relative_peak",
     ),
     "phased": Family(

@@ -198,6 +198,19 @@ def check_settle_family(name, family, policy, obs):
         assert policy.model.formula(after) == pytest.approx(shipped.model.formula(after[:, :11]))
         no_floor = load_policy_of(family.expression({**family.start, "floor": 20.0}), "relative_peak")
         assert no_floor.model.formula(high) == pytest.approx(shipped.model.formula(high[:, :11]))
+    elif name == "settle_ratchet":  # settle_floor while the LR is at its peak; below it, a falling loss raises it no more
+        floor = evolve.FAMILIES["settle_floor"]
+        free = load_policy_of(floor.expression(family.start), "relative_peak")
+        obs[:, 0], obs[:, 10] = 0.3, 0.05  # before the drop at 0.45 of 20 epochs
+        obs[:, 5], obs[:, 8] = -0.1, 0.0  # the loss fell 10 % to a new best: the controller would raise the LR
+        obs[:, 11] = obs[:, 1]  # at its peak: free
+        assert policy.model.formula(obs) == pytest.approx(free.model.formula(obs))
+        assert (policy.model.formula(obs) > np.exp(obs[:, 1])).all()
+        below = obs.copy()
+        below[:, 11] = obs[:, 1] + 0.5  # it was cut from a peak e^0.5 higher: held where it is
+        assert policy.model.formula(below) == pytest.approx(np.exp(obs[:, 1]))
+        below[:, 11] = obs[:, 1] + 0.5 + 1.0  # ... unless the floor, e^-1.2 of that peak, is higher
+        assert policy.model.formula(below) == pytest.approx(np.exp(obs[:, 1] + 1.5 - family.start["floor"]))
     else:
         pytest.fail(f"no check for the family {name}")
 
