@@ -186,22 +186,26 @@ _SETTLE_GAP = f"exp({_SETTLED} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT})"
 # ``settle_gap_stall``: ``settle_gap`` whose drop a run at its best validation loss holds back by
 # the fraction {still}: a run that overfits by the gap but still improves keeps its level
 _STALLED = "(1 - {still}*(1 - tanh({patience}*epochs_since_best)))"
-_SETTLE_GAP_STALL = f"exp({_SETTLED} - {{drop}}*{_drop_at('{at}')}*{_OVERFIT}*{_STALLED})"
-# ``settle_floor``: ``settle_gap_stall`` whose controller, until the drop at {at}, keeps the LR at or
-# above e^-floor of the highest LR the run has trained at (``lr_ratio_peak``); from {at} on the
-# floor is 20 lower (off), so the drop and the settling go down as before
-_FLOORED = f"max({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}, lr_ratio_peak - {{floor}} - 20*{_late('{at}')})"
-_SETTLE_FLOOR = (
-    f"exp({_late('{settle}')}*lr_ratio + (1 - {_late('{settle}')})*{_FLOORED} + {_cosine_step('{settle}')}"
-    f" - {{drop}}*{_drop_at('{at}')}*{_OVERFIT}*{_STALLED})"
-)
+_HELD_DROP = f"{{drop}}*{_drop_at('{at}')}*{_OVERFIT}*{_STALLED}"
+_SETTLE_GAP_STALL = f"exp({_SETTLED} - {_HELD_DROP})"
+# the ``patience`` controller's next log ratio, as ``_settling`` writes it before it settles
+_CONTROL = f"{{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}"
+
+
+def _floored(control: str) -> str:
+    """``settle_gap_stall`` whose ``control`` is kept, until the drop at {at}, at or above e^-floor of
+    the highest LR the run has trained at (``lr_ratio_peak``); from {at} on the floor is 20 lower
+    (off), so the drop and the settling go down as before."""
+    floor = f"lr_ratio_peak - {{floor}} - 20*{_late('{at}')}"
+    late = _late("{settle}")
+    return f"exp({late}*lr_ratio + (1 - {late})*max({control}, {floor}) + {_cosine_step('{settle}')} - {_HELD_DROP})"
+
+
+_SETTLE_FLOOR = _floored(_CONTROL)
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
-_RATCHET = _SETTLE_FLOOR.replace(
-    f"max({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}, ",
-    f"max(min({{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}, lr_ratio + 20*(1 - {_BELOW_PEAK})), ",
-)
+_RATCHET = _floored(f"min({_CONTROL}, lr_ratio + 20*(1 - {_BELOW_PEAK}))")
 _SETTLE_EASED = _SETTLE.replace("({grow} + ", "({grow}*(1 - {ease}*tanh({feel}*max(-train_loss_change, 0))) + ")
 _SETTLE_GATED = _SETTLE.replace(_PATIENT_CUT, f"{_PATIENT_CUT}*(1 - tanh({{learning}}*max(-train_loss_change, 0)))")
 _BOX = {"beta": (0.0, 1.0), "grow": (-0.5, 0.5), "react": (0.0, 1.0), "sharp": (0.0, 20.0), "anneal": (0.0, 1.0), "speed": (0.0, 8.0)}
@@ -234,6 +238,8 @@ _SETTLE_SHIPPED = {**_SETTLE_START, "settle": 0.7}
 #: The held drop of agents/PSI.md, section 18 (step 2 of the shipped default): ``settle`` from 0.7 with a 10x drop at
 #: half the budget, gated by the generalisation gap and held back at the best validation loss; where ``settle_gap_stall`` starts.
 _GAP_SHIPPED = {**_SETTLE_SHIPPED, "drop": 2.3, "at": 0.5, "gap0": 0.25, "gapk": 10.0, "still": 1.0}
+#: The box of ``settle_gap_stall``: ``settle``'s, and the gated, held drop's size, place, gap gate and hold.
+_STALL_BOUNDS = {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0)}
 #: The default Ψ of agents/PSI.md, section 18 (the ``settle_gap_stall`` search from ``_GAP_SHIPPED``, to 6 digits): where ``settle_floor`` starts.
 _STALL_SHIPPED = {
     **{"beta": 0.941231, "grow": -0.351008, "rise": 0.851297, "react": 0.685159, "sharp": 40.0, "patience": 151.471, "settle": 0.839452},
@@ -327,8 +333,9 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   (``lr_ratio_peak``, of the ``relative_peak`` features). A cut that follows a rising loss
 #:   stops there, so a run holds a large LR through a jittering loss until the drop, as tuned
 #:   step decay does on MNIST1D-MLP. A base LR that is too large is cut from the first epoch,
-#:   so its peak is its first LR and the cuts may go e^−floor below that. It starts at the section-18 default (agents/PSI.md) with a floor of 2 (÷7.4): the
-#:   shipped default Ψ since 2026-12-03 (section 19).
+#:   so its peak is its first LR and the cuts may go e^−floor below that. It starts at the
+#:   section-18 default (agents/PSI.md) with a floor of 2 (÷7.4): the shipped default Ψ since
+#:   2026-12-03 (section 19).
 #: - ``settle_ratchet``: ``settle_floor`` whose controller, once the LR has come below the
 #:   highest it has trained at (after its first cut), only cuts: a falling loss no longer
 #:   raises it, so the level it found is held flat, pulled down only by the pull and the cuts,
@@ -431,24 +438,9 @@ FAMILIES: dict[str, Family] = {
         {**_SETTLE_SHIPPED, "drop": 0.0, "at": 0.5, "gap0": 0.25, "gapk": 10.0},
         features="relative_budget",
     ),
-    "settle_gap_stall": Family(
-        _SETTLE_GAP_STALL,
-        {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0)},
-        _GAP_SHIPPED,
-        features="relative_budget",
-    ),
-    "settle_floor": Family(
-        _SETTLE_FLOOR,
-        {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0), "floor": (0.0, 4.0)},
-        {**_STALL_SHIPPED, "floor": 2.0},
-        features="relative_peak",
-    ),
-    "settle_ratchet": Family(
-        _RATCHET,
-        {**_SETTLE_BOUNDS, "drop": (0.0, 5.0), "at": (0.2, 0.95), "gap0": (0.0, 1.0), "gapk": (0.0, 40.0), "still": (0.0, 1.0), "floor": (0.0, 4.0)},
-        {**_STALL_SHIPPED, "floor": 1.2},
-        features="relative_peak",
-    ),
+    "settle_gap_stall": Family(_SETTLE_GAP_STALL, _STALL_BOUNDS, _GAP_SHIPPED, features="relative_budget"),
+    "settle_floor": Family(_SETTLE_FLOOR, {**_STALL_BOUNDS, "floor": (0.0, 4.0)}, {**_STALL_SHIPPED, "floor": 2.0}, features="relative_peak"),
+    "settle_ratchet": Family(_RATCHET, {**_STALL_BOUNDS, "floor": (0.0, 4.0)}, {**_STALL_SHIPPED, "floor": 1.2}, features="relative_peak"),
     "phased": Family(
         _PHASED,
         {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},

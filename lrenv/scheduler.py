@@ -62,7 +62,7 @@ from lrenv.env.features import Observer
 from lrenv.policy import SHIPPED_POLICIES, LoadedPolicy, load_policy
 from lrenv.task import check_lr_range, check_positive_int, is_real, to_float
 
-# Observer arrays a state saved before the best-so-far features may lack, and what stands in for them
+# Observer arrays a state saved before the best-so-far and highest-LR features may lack, and what stands in for them
 _LATER_STATE = {"best_valid": "valid", "best_epoch": "epoch", "valid_change": None, "peak_lr": "lr"}
 _RESTARTS = {
     "best_valid": "the best validation loss so far restarts at the latest one (relative_best)",
