@@ -192,16 +192,22 @@ _SETTLE_GAP_STALL = f"exp({_SETTLED} - {_HELD_DROP})"
 _CONTROL = f"{{beta}}*lr_ratio + {{grow}} + {{rise}}*{_FELL} - {_PATIENT_CUT}"
 
 
-def _floored(control: str) -> str:
+def _floored(control: str, drop: str = _HELD_DROP) -> str:
     """``settle_gap_stall`` whose ``control`` is kept, until the drop at {at}, at or above e^-floor of
     the highest LR the run has trained at (``lr_ratio_peak``); from {at} on the floor is 20 lower
-    (off), so the drop and the settling go down as before."""
+    (off), so the ``drop`` and the settling go down as before."""
     floor = f"lr_ratio_peak - {{floor}} - 20*{_late('{at}')}"
     late = _late("{settle}")
-    return f"exp({late}*lr_ratio + (1 - {late})*max({control}, {floor}) + {_cosine_step('{settle}')} - {_HELD_DROP})"
+    return f"exp({late}*lr_ratio + (1 - {late})*max({control}, {floor}) + {_cosine_step('{settle}')} - {drop})"
 
 
 _SETTLE_FLOOR = _floored(_CONTROL)
+# ``settle_latch``: the held drop stays armed from {at} for a {window} of the budget, so it comes at
+# the first epoch there that overfits and is not at its best, not only if the first one past {at}
+# is; it fires once: the LR it leaves is more than e^-armed below the peak, which disarms it
+_ARMED = "min(max(4*(lr_ratio - lr_ratio_peak + {armed}), 0), 1)"
+_LATCHED_DROP = f"{{drop}}*{_late('{at}')}*(1 - {_late('({at} + {window})')})*{_ARMED}*{_OVERFIT}*{_STALLED}"
+_SETTLE_LATCH = _floored(_CONTROL, _LATCHED_DROP)
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
@@ -342,6 +348,13 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   to e^−floor of the peak, as tuned step decay holds its LR (agents/PSI.md, 19). While the
 #:   LR is at its peak the controller is free, so a run whose base LR is too small still
 #:   grows. It starts at the section-18 default with a floor of 1.2, set from probes.
+#: - ``settle_latch``: ``settle_floor`` whose held drop stays armed from ``at`` for a ``window``
+#:   of the budget: it comes at the first epoch there that overfits by the gap and is not at
+#:   its best, not only when the first epoch past ``at`` happens to be. The drop leaves the LR
+#:   more than e^−armed below the highest it has trained at, which disarms it, so it fires
+#:   once. On MNIST1D-MLP a run whose loss is at its best at ``at`` and jitters an epoch later
+#:   never dropped (agents/PSI.md, 20). It starts at the shipped default with a window of 0.2
+#:   and armed 2.5 (above the floor of 2, below the drop of 3.39), set from probes.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -441,6 +454,12 @@ FAMILIES: dict[str, Family] = {
     "settle_gap_stall": Family(_SETTLE_GAP_STALL, _STALL_BOUNDS, _GAP_SHIPPED, features="relative_budget"),
     "settle_floor": Family(_SETTLE_FLOOR, {**_STALL_BOUNDS, "floor": (0.0, 4.0)}, {**_STALL_SHIPPED, "floor": 2.0}, features="relative_peak"),
     "settle_ratchet": Family(_RATCHET, {**_STALL_BOUNDS, "floor": (0.0, 4.0)}, {**_STALL_SHIPPED, "floor": 1.2}, features="relative_peak"),
+    "settle_latch": Family(
+        _SETTLE_LATCH,
+        {**_STALL_BOUNDS, "floor": (0.0, 4.0), "window": (0.0, 0.5), "armed": (0.5, 4.0)},
+        {**_STALL_SHIPPED, "floor": 2.0, "window": 0.2, "armed": 2.5},
+        features="relative_peak",
+    ),
     "phased": Family(
         _PHASED,
         {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},

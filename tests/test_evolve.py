@@ -184,7 +184,15 @@ def check_settle_family(name, family, policy, obs):
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
         assert unheld.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half))  # still 0: settle_gap
-    elif name == "settle_floor":  # the present default (settle_gap_stall) with a floor under its controller until the drop
+    elif name in ("settle_floor", "settle_ratchet", "settle_latch"):
+        check_floored_family(name, family, policy, obs)
+    else:
+        pytest.fail(f"no check for the family {name}")
+
+
+def check_floored_family(name, family, policy, obs):
+    """The families with a floor under the controller (``relative_peak`` features)."""
+    if name == "settle_floor":  # the present default (settle_gap_stall) with a floor under its controller until the drop
         stall = evolve.FAMILIES["settle_gap_stall"]
         shipped = load_policy_of(stall.expression({k: family.start[k] for k in stall.bounds}), "relative_budget")
         obs[:, 0], obs[:, 10] = 0.3, 0.05  # before the drop at 0.45 of 20 epochs
@@ -211,6 +219,23 @@ def check_settle_family(name, family, policy, obs):
         assert policy.model.formula(below) == pytest.approx(np.exp(obs[:, 1]))
         below[:, 11] = obs[:, 1] + 0.5 + 1.0  # ... unless the floor, e^-1.2 of that peak, is higher
         assert policy.model.formula(below) == pytest.approx(np.exp(obs[:, 1] + 1.5 - family.start["floor"]))
+    elif name == "settle_latch":  # settle_floor whose held drop stays armed for a window after `at`, and fires once
+        floor = evolve.FAMILIES["settle_floor"]
+        floored = load_policy_of(floor.expression({k: family.start[k] for k in floor.bounds}), "relative_peak")
+        obs[:, 10], obs[:, 7], obs[:, 9] = 0.05, 1.0, 0.1  # 20 epochs, overfitting by the gap, two epochs past its best
+        obs[:, 11] = obs[:, 1] + 1.0  # the LR is e^-1 of its peak: armed
+        drop = family.start["drop"] * np.tanh(family.start["gapk"] * (1.0 - family.start["gap0"]))
+        for progress, dropped in ((0.3, False), (0.5, False), (0.6, True), (0.7, False)):  # before at, at it (floor's own drop), in the window, past it
+            obs[:, 0] = progress
+            extra = np.exp(-drop) if dropped else 1.0
+            assert policy.model.formula(obs) == pytest.approx(floored.model.formula(obs) * extra), progress
+        obs[:, 0] = 0.6
+        fired = obs.copy()
+        fired[:, 11] = obs[:, 1] + 3.0  # e^-3 of its peak: it has dropped (e^-3.39) and is disarmed
+        best = obs.copy()
+        best[:, 9] = 0.0  # at its best: held back, as settle_floor's drop is
+        for unarmed in (fired, best):
+            assert policy.model.formula(unarmed) == pytest.approx(floored.model.formula(unarmed))
     else:
         pytest.fail(f"no check for the family {name}")
 
