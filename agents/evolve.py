@@ -208,6 +208,10 @@ _SETTLE_FLOOR = _floored(_CONTROL)
 _ARMED = "min(max(4*(lr_ratio - lr_ratio_peak + {armed}), 0), 1)"
 _LATCHED_DROP = f"{{drop}}*{_late('{at}')}*(1 - {_late('({at} + {window})')})*{_ARMED}*{_OVERFIT}*{_STALLED}"
 _SETTLE_LATCH = _floored(_CONTROL, _LATCHED_DROP)
+# ``settle_band``: ``settle_latch`` whose drop also needs a gap under {gap1}: a run whose validation
+# loss is many times its train loss has fit its training set, and the drop only fits it further
+_UNDER_GAP = "(1 - tanh({gapk1}*max(generalisation_gap - {gap1}, 0)))"
+_SETTLE_BAND = _floored(_CONTROL, f"{_LATCHED_DROP}*{_UNDER_GAP}")
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
@@ -355,6 +359,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   once. On MNIST1D-MLP a run whose loss is at its best at ``at`` and jitters an epoch later
 #:   never dropped (agents/PSI.md, 20). It starts at the shipped default with a window of 0.2
 #:   and armed 2.5 (above the floor of 2, below the drop of 3.39), set from probes.
+#: - ``settle_band``: ``settle_latch`` whose drop also needs a generalisation gap under
+#:   ``gap1`` (``× (1 − tanh(gapk1 · max(g − gap1, 0)))``): the drop is for a run that overfits
+#:   some (MNIST-1D at half its budget: gaps of 0.2–1.0), not for one whose validation loss is
+#:   many times its train loss (Digits-MLP: about 3), which has fit its training set and keeps
+#:   gaining from its level (agents/PSI.md, 20). It starts at ``settle_latch``'s start with
+#:   gap1 1.5 and gapk1 4, set from probes.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -458,6 +468,12 @@ FAMILIES: dict[str, Family] = {
         _SETTLE_LATCH,
         {**_STALL_BOUNDS, "floor": (0.0, 4.0), "window": (0.0, 0.5), "armed": (0.5, 4.0)},
         {**_STALL_SHIPPED, "floor": 2.0, "window": 0.2, "armed": 2.5},
+        features="relative_peak",
+    ),
+    "settle_band": Family(
+        _SETTLE_BAND,
+        {**_STALL_BOUNDS, "floor": (0.0, 4.0), "window": (0.0, 0.5), "armed": (0.5, 4.0), "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)},
+        {**_STALL_SHIPPED, "floor": 2.0, "window": 0.2, "armed": 2.5, "gap1": 1.5, "gapk1": 4.0},
         features="relative_peak",
     ),
     "phased": Family(

@@ -184,7 +184,7 @@ def check_settle_family(name, family, policy, obs):
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
         assert unheld.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half))  # still 0: settle_gap
-    elif name in ("settle_floor", "settle_ratchet", "settle_latch"):
+    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band"):
         check_floored_family(name, family, policy, obs)
     else:
         pytest.fail(f"no check for the family {name}")
@@ -236,6 +236,18 @@ def check_floored_family(name, family, policy, obs):
         best[:, 9] = 0.0  # at its best: held back, as settle_floor's drop is
         for unarmed in (fired, best):
             assert policy.model.formula(unarmed) == pytest.approx(floored.model.formula(unarmed))
+    elif name == "settle_band":  # settle_latch, whose drop also needs a gap under gap1
+        latch = evolve.FAMILIES["settle_latch"]
+        latched = load_policy_of(latch.expression({k: family.start[k] for k in latch.bounds}), "relative_peak")
+        obs[:, 0], obs[:, 10], obs[:, 9] = 0.6, 0.05, 0.1  # in the drop's window, two epochs past its best
+        obs[:, 11] = obs[:, 1] + 1.0  # armed
+        obs[:, 7] = [0.0, 0.5, 1.0, 1.5, 3.0]  # the gap: none, overfitting some, ... having fit its training set
+        start = load_policy_of(latch.expression(latch.start), "relative_peak").model.formula(obs)
+        drop = family.start["drop"] * np.tanh(family.start["gapk"] * np.maximum(obs[:, 7] - family.start["gap0"], 0.0))
+        under = 1 - np.tanh(family.start["gapk1"] * np.maximum(obs[:, 7] - family.start["gap1"], 0.0))
+        assert policy.model.formula(obs) == pytest.approx(start * np.exp(drop * (1 - under)))
+        assert under[:4] == pytest.approx(np.ones(4)) and under[4] < 0.01  # up to gap1 all of the drop, at a gap of 3 none
+        assert latched.model.formula(obs) == pytest.approx(start)
     else:
         pytest.fail(f"no check for the family {name}")
 
