@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m agents.evolve --config agents/configs/psi.yaml --family settle_floor --start default --generations 20 --finalists 4  # from the default Ψ
+    python -m agents.evolve --config agents/configs/psi.yaml --family settle_band --start default --generations 20 --finalists 4  # from the default Ψ
     python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --out runs/evolve-patience   # the default before it (~6 min)
     python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the one before that
     python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the first

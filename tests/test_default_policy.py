@@ -25,8 +25,8 @@ def test_the_default_policy_is_small_plain_data_and_loads_by_name():
     # nothing it reads depends on the LR's absolute scale
     assert policy.env_config.action_mode == "multiplier" and policy.env_config.features in ("relative", "relative_best", "relative_budget", "relative_peak")
     assert (DEFAULT_POLICY_DIR / "formula.json").stat().st_size <= 1_000_000
-    # a controller, a cosine and one gated drop: one line each
-    assert policy.model.formula.operations <= 80 and "agents.evolve" in policy.config["source"]
+    # a floored controller, a cosine and one gated, armed drop: one line each (91 operations)
+    assert policy.model.formula.operations <= 100 and "agents.evolve" in policy.config["source"]
     fit = json.loads((DEFAULT_POLICY_DIR / "formula.json").read_text())["fit"]
     assert fit["inner_epochs"] <= 200_000 and fit["wall_time_s"] <= 3600  # the meta-training budget
 
