@@ -1,6 +1,6 @@
 """The ``lrenv`` command: ``lrenv COMMAND ARGS...`` runs ``python -m lrenv.agents.<command> ARGS...``.
 
-Commands: train, evaluate, demo, sweep, ship_default, surface, distill, evolve.
+Commands: train, evaluate, demo, sweep, ship_default, surface, distill, evolve, probe.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ COMMANDS = {
     "surface": "map a task's (epoch, LR) -> convergence-rate surface and the three aims; fit Psi by a loss-curve law and a network",
     "distill": "distil a policy (or a law fit) into a closed-form formula by symbolic regression (DAgger + Operon)",
     "evolve": "meta-learn the constants of a closed-form Psi family with CMA-ES on a training distribution",
+    "probe": "score hand-set formulas on a training distribution's variants, on seeds no search or rule uses",
 }
 
 

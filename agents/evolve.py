@@ -646,8 +646,8 @@ def read_distribution(path: str) -> tuple[list[tuple[str, dict[str, Any]]], EnvC
     return [(p["task"], dict(p.get("task_config") or {})) for p in populations], settings
 
 
-def run_candidates(exprs: list[str], variants: list, env: EnvConfig, seeds: list[int], pool: ProcessPool | None) -> tuple[np.ndarray, int]:
-    """Mean return of each candidate on each variant ``[C, V]`` over ``seeds``, and the inner epochs spent."""
+def run_episodes(exprs: list[str], variants: list, env: EnvConfig, seeds: list[int], pool: ProcessPool | None) -> list[list[list[Episode]]]:
+    """Each candidate's episodes on each variant over ``seeds``: ``[V][C]`` lists, in the order of ``seeds``."""
     policies = [formula_policy(e, features=env.features, relative_factor=env.relative_factor) for e in exprs]
     jobs = []
     for task, overrides in variants:
@@ -658,14 +658,15 @@ def run_candidates(exprs: list[str], variants: list, env: EnvConfig, seeds: list
     else:
         handles = [pool.submit(job) for job in jobs]
         results = [[Episode(**d) for d in pool.result(h)] for h in handles]
-    scores = np.zeros((len(exprs), len(variants)))
-    epochs = 0
-    for v, episodes in enumerate(results):
-        for c in range(len(exprs)):
-            mine = [e for e in episodes if e.method == f"c{c}"]
-            scores[c, v] = np.mean([e.score for e in mine])
-        epochs += sum(e.epochs for e in episodes)
-    return scores, epochs
+    return [[[e for e in episodes if e.method == f"c{c}"] for c in range(len(exprs))] for episodes in results]
+
+
+def run_candidates(exprs: list[str], variants: list, env: EnvConfig, seeds: list[int], pool: ProcessPool | None) -> tuple[np.ndarray, int]:
+    """Mean return of each candidate on each variant ``[C, V]`` over ``seeds``, and the inner epochs spent."""
+    results = run_episodes(exprs, variants, env, seeds, pool)
+    scores = np.array([[np.mean([e.score for e in mine]) for mine in per_variant] for per_variant in results]).T
+    epochs = sum(e.epochs for per_variant in results for mine in per_variant for e in mine)
+    return scores.reshape(len(exprs), len(variants)), epochs
 
 
 def centred_ranks(scores: np.ndarray) -> np.ndarray:
