@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if pool is not None:
             pool.close()
     rows = []
+    width = max(map(len, formulas))
     for v, i in enumerate(chosen):
         task, overrides = variants[i]
         print(f"## {i} {task} {overrides or ''}")
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(row)
             base = f"valid {row['valid_loss_base']:.4f} return {row['return_base']:.4f}"
             off = f"valid {row['valid_loss_set_off']:.4f} return {row['return_set_off']:.4f}"
-            print(f"  {name:16s} base: {base} | set off: {off}")
+            print(f"  {name:{width}s} base: {base} | set off: {off}")
     for name in formulas:
         mine = [r for r in rows if r["formula"] == name]
         mean = np.mean([(r["return_base"] + r["return_set_off"]) / 2 for r in mine])
-        print(f"MEAN {name:16s} {mean:.4f}")
+        print(f"MEAN {name:{width}s} {mean:.4f}")
     if args.out:
         write_csv(args.out, rows)
         print(f"Wrote {args.out}")
