@@ -19,7 +19,7 @@ COMMANDS = {
     "surface": "map a task's (epoch, LR) -> convergence-rate surface and the three aims; fit Psi by a loss-curve law and a network",
     "distill": "distil a policy (or a law fit) into a closed-form formula by symbolic regression (DAgger + Operon)",
     "evolve": "meta-learn the constants of a closed-form Psi family with CMA-ES on a training distribution",
-    "probe": "score hand-set formulas on a training distribution's variants, on seeds no search or rule uses",
+    "probe": "score hand-set formulas on a training distribution's variants, on seeds of their own (from 90,000)",
 }
 
 

@@ -7,9 +7,11 @@
 ``lrenv.Formula``), or a ``formula.json``, its folder, or a shipped name (``default``), which
 acts with its own features and box. Every formula plays the same episodes, paired: each variant
 of ``--config`` at the harness's base LRs (the task's ``default_lr``) and set off as the config
-sets them, on the run seeds from 90,000 (``--seeds`` of them). Neither ``agents.evolve``'s
-searches and final sets nor ``agents.evaluate`` use those seeds, so a probe can set a constant
-by hand without spending the seeds that decide whether it ships (the shipping rule, README).
+sets them, on the run seeds from 90,000 (``--seeds`` of them). ``agents.evaluate`` does not
+use those seeds, nor do ``agents.evolve``'s final sets (70,500 + 1,000·seed on) or its searches
+with ``--seed`` 0–2 (a search with ``--seed 3`` trains on 90,000 on), so a probe can set a
+constant by hand without spending the seeds that decide whether it ships (the shipping rule,
+README).
 
 It prints, per variant and formula, the mean final validation loss and return (log(L_0/L_T))
 at the base LRs and set off, then each formula's mean return over both and every variant (the
@@ -35,7 +37,7 @@ from lrenv.evaluation.protocol import env_run_seed
 from lrenv.formula import Formula
 from lrenv.policy import SHIPPED_POLICIES
 
-#: The first probe seed: apart from the searches' (``agents.evolve``) and the harness's seeds.
+#: The first probe seed: past the harness's seeds and those of ``agents.evolve --seed`` 0-2 (60,000 + 10,000·seed on).
 PROBE_SEED_BASE = 90_000
 
 
