@@ -255,6 +255,11 @@ _STALL_SHIPPED = {
     **{"beta": 0.941231, "grow": -0.351008, "rise": 0.851297, "react": 0.685159, "sharp": 40.0, "patience": 151.471, "settle": 0.839452},
     **{"depth": 4.01423, "drop": 3.38948, "at": 0.452167, "gap0": 0.179371, "gapk": 12.5652, "still": 1.0},
 }
+#: The box and start of ``settle_floor`` (the section-18 default with a floor of 2), and of ``settle_latch`` on top of it.
+_FLOOR_BOUNDS = {**_STALL_BOUNDS, "floor": (0.0, 4.0)}
+_FLOOR_START = {**_STALL_SHIPPED, "floor": 2.0}
+_LATCH_BOUNDS = {**_FLOOR_BOUNDS, "window": (0.0, 0.5), "armed": (0.5, 4.0)}
+_LATCH_START = {**_FLOOR_START, "window": 0.2, "armed": 2.5}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -462,19 +467,11 @@ FAMILIES: dict[str, Family] = {
         features="relative_budget",
     ),
     "settle_gap_stall": Family(_SETTLE_GAP_STALL, _STALL_BOUNDS, _GAP_SHIPPED, features="relative_budget"),
-    "settle_floor": Family(_SETTLE_FLOOR, {**_STALL_BOUNDS, "floor": (0.0, 4.0)}, {**_STALL_SHIPPED, "floor": 2.0}, features="relative_peak"),
-    "settle_ratchet": Family(_RATCHET, {**_STALL_BOUNDS, "floor": (0.0, 4.0)}, {**_STALL_SHIPPED, "floor": 1.2}, features="relative_peak"),
-    "settle_latch": Family(
-        _SETTLE_LATCH,
-        {**_STALL_BOUNDS, "floor": (0.0, 4.0), "window": (0.0, 0.5), "armed": (0.5, 4.0)},
-        {**_STALL_SHIPPED, "floor": 2.0, "window": 0.2, "armed": 2.5},
-        features="relative_peak",
-    ),
+    "settle_floor": Family(_SETTLE_FLOOR, _FLOOR_BOUNDS, _FLOOR_START, features="relative_peak"),
+    "settle_ratchet": Family(_RATCHET, _FLOOR_BOUNDS, {**_FLOOR_START, "floor": 1.2}, features="relative_peak"),
+    "settle_latch": Family(_SETTLE_LATCH, _LATCH_BOUNDS, _LATCH_START, features="relative_peak"),
     "settle_band": Family(
-        _SETTLE_BAND,
-        {**_STALL_BOUNDS, "floor": (0.0, 4.0), "window": (0.0, 0.5), "armed": (0.5, 4.0), "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)},
-        {**_STALL_SHIPPED, "floor": 2.0, "window": 0.2, "armed": 2.5, "gap1": 1.5, "gapk1": 4.0},
-        features="relative_peak",
+        _SETTLE_BAND, {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)}, {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0}, features="relative_peak"
     ),
     "phased": Family(
         _PHASED,

@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     formulas = read_formulas(args.formulas, args.features)
     variants, env = read_distribution(args.config)
-    bad = [int(v) for v in args.variants if not int(v) < len(variants)]
+    chosen = [int(v) for v in args.variants] or list(range(len(variants)))
+    bad = [i for i in chosen if i >= len(variants)]
     if bad:
         raise ValueError(f"--variants {bad}: the config has {len(variants)} populations, 0..{len(variants) - 1}")
-    chosen = [int(v) for v in args.variants] or list(range(len(variants)))
     seeds = [env_run_seed(PROBE_SEED_BASE + k) for k in range(args.seeds)]
     torch.set_num_threads(1)
     pool = ProcessPool(args.workers) if args.workers > 0 else None
