@@ -212,6 +212,10 @@ _SETTLE_LATCH = _floored(_CONTROL, _LATCHED_DROP)
 # loss is many times its train loss has fit its training set, and the drop only fits it further
 _UNDER_GAP = "(1 - tanh({gapk1}*max(generalisation_gap - {gap1}, 0)))"
 _SETTLE_BAND = _floored(_CONTROL, f"{_LATCHED_DROP}*{_UNDER_GAP}")
+# ``settle_sign``: ``settle_band`` whose rise has a sharpness of its own, {rsharp}: near the sign of
+# the loss's fall, as bold driver grows, so a run whose loss falls slowly at a base LR far too
+# small still climbs
+_SETTLE_SIGN = _floored(_CONTROL.replace(_FELL, _FELL.replace("{sharp}", "{rsharp}")), f"{_LATCHED_DROP}*{_UNDER_GAP}")
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
@@ -370,6 +374,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   many times its train loss (Digits-MLP: about 3), which has fit its training set and keeps
 #:   gaining from its level (agents/PSI.md, 20). It starts at ``settle_latch``'s start with
 #:   gap1 1.5 and gapk1 4, set from probes.
+#: - ``settle_sign``: ``settle_band`` whose rise has a sharpness of its own, ``rsharp``
+#:   (``rise · tanh(rsharp · max(−Δv, 0))``; the cut keeps ``sharp``). At ``rsharp`` 40 a loss
+#:   that falls by under 1 % per epoch reads as flat, and the pull lowers the LR: from a base
+#:   LR 10× or more too small the run ends near untrained. Near the sign (hundreds), any fall
+#:   raises the LR, as bold driver does (agents/PSI.md, 22). It starts at ``settle_band``'s
+#:   start with rsharp 40 (the shipped default).
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -472,6 +482,12 @@ FAMILIES: dict[str, Family] = {
     "settle_latch": Family(_SETTLE_LATCH, _LATCH_BOUNDS, _LATCH_START, features="relative_peak"),
     "settle_band": Family(
         _SETTLE_BAND, {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)}, {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0}, features="relative_peak"
+    ),
+    "settle_sign": Family(
+        _SETTLE_SIGN,
+        {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0), "rsharp": (0.0, 2000.0)},
+        {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0, "rsharp": 40.0},
+        features="relative_peak",
     ),
     "phased": Family(
         _PHASED,

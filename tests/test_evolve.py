@@ -184,7 +184,7 @@ def check_settle_family(name, family, policy, obs):
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
         assert unheld.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half))  # still 0: settle_gap
-    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band"):
+    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band", "settle_sign"):
         check_floored_family(name, family, policy, obs)
     else:
         pytest.fail(f"no check for the family {name}")
@@ -248,6 +248,19 @@ def check_floored_family(name, family, policy, obs):
         assert policy.model.formula(obs) == pytest.approx(start * np.exp(drop * (1 - under)))
         assert under[:4] == pytest.approx(np.ones(4)) and under[4] < 0.01  # up to gap1 all of the drop, at a gap of 3 none
         assert latched.model.formula(obs) == pytest.approx(start)
+    elif name == "settle_sign":  # settle_band, whose rise has its own sharpness
+        band = evolve.FAMILIES["settle_band"]
+        banded = load_policy_of(band.expression({k: family.start[k] for k in band.bounds}), "relative_peak")
+        obs[:, 0], obs[:, 10] = 0.3, 0.05
+        obs[:, 11] = obs[:, 1]  # at its peak: the floor does not bind
+        obs[:, 8] = 0.0  # at its best: no cut
+        obs[:, 5] = [0.0, -0.001, -0.005, -0.02, -0.2]  # the validation loss's last change
+        assert policy.model.formula(obs) == pytest.approx(banded.model.formula(obs))  # rsharp 40: settle_band
+        sign = load_policy_of(family.expression({**family.start, "rsharp": 1000.0}), "relative_peak").model.formula(obs)
+        rise = family.start["rise"]
+        extra = rise * (np.tanh(1000.0 * -obs[:, 5]) - np.tanh(family.start["sharp"] * -obs[:, 5]))
+        assert sign == pytest.approx(banded.model.formula(obs) * np.exp(extra))
+        assert extra[0] == 0.0 and extra[2] > 0.5 * rise  # a flat loss grows no more; a 0.5 % fall nearly all of the rise
     else:
         pytest.fail(f"no check for the family {name}")
 
