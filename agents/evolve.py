@@ -2,14 +2,14 @@
 
 Usage::
 
-    python -m agents.evolve --config agents/configs/psi.yaml --family settle_band --start default --generations 20 --finalists 4  # from the default Ψ
+    python -m agents.evolve --config agents/configs/psi_low.yaml --family settle_sign --start default --generations 20 --finalists 4  # from the default Ψ
     python -m agents.evolve --family patience --sigma 0.15 --finalists 4 --out runs/evolve-patience   # the default before it (~6 min)
     python -m agents.evolve --family best --sigma 0.15 --finalists 4 --out runs/evolve-best   # the one before that
     python -m agents.evolve --bound beta=0.8,1 --out runs/evolve-bold              # and the first
     python -m agents.evolve --generations 3 --out runs/evolve-smoke
     python -m agents.evaluate --tasks all --runs runs/evolve-smoke/formula.json
     python -m agents.evolve --config agents/configs/psi.yaml --seed 1 --rescore default runs/evolve-smoke/formula.json  # no search
-    python -m agents.evolve --config agents/configs/psi.yaml --final-sets 3 --rescore default runs/evolve-smoke/formula.json  # the shipping rule
+    python -m agents.evolve --config agents/configs/psi_low.yaml --final-sets 3 --rescore default runs/evolve-smoke/formula.json  # the shipping rule
 
 RL learns Ψ as a network and :mod:`agents.distill` turns it into a formula afterwards. This
 script searches the formula directly. Each family (:data:`FAMILIES`, ``--family``) is bold driver
