@@ -211,11 +211,12 @@ _SETTLE_LATCH = _floored(_CONTROL, _LATCHED_DROP)
 # ``settle_band``: ``settle_latch`` whose drop also needs a gap under {gap1}: a run whose validation
 # loss is many times its train loss has fit its training set, and the drop only fits it further
 _UNDER_GAP = "(1 - tanh({gapk1}*max(generalisation_gap - {gap1}, 0)))"
-_SETTLE_BAND = _floored(_CONTROL, f"{_LATCHED_DROP}*{_UNDER_GAP}")
+_BAND_DROP = f"{_LATCHED_DROP}*{_UNDER_GAP}"
+_SETTLE_BAND = _floored(_CONTROL, _BAND_DROP)
 # ``settle_sign``: ``settle_band`` whose rise has a sharpness of its own, {rsharp}: near the sign of
 # the loss's fall, as bold driver grows, so a run whose loss falls slowly at a base LR far too
 # small still climbs
-_SETTLE_SIGN = _floored(_CONTROL.replace(_FELL, _FELL.replace("{sharp}", "{rsharp}")), f"{_LATCHED_DROP}*{_UNDER_GAP}")
+_SETTLE_SIGN = _floored(_CONTROL.replace(_FELL, _FELL.replace("{sharp}", "{rsharp}")), _BAND_DROP)
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
@@ -259,11 +260,13 @@ _STALL_SHIPPED = {
     **{"beta": 0.941231, "grow": -0.351008, "rise": 0.851297, "react": 0.685159, "sharp": 40.0, "patience": 151.471, "settle": 0.839452},
     **{"depth": 4.01423, "drop": 3.38948, "at": 0.452167, "gap0": 0.179371, "gapk": 12.5652, "still": 1.0},
 }
-#: The box and start of ``settle_floor`` (the section-18 default with a floor of 2), and of ``settle_latch`` on top of it.
+#: The box and start of ``settle_floor`` (the section-18 default with a floor of 2), and of ``settle_latch`` and ``settle_band`` on top of it.
 _FLOOR_BOUNDS = {**_STALL_BOUNDS, "floor": (0.0, 4.0)}
 _FLOOR_START = {**_STALL_SHIPPED, "floor": 2.0}
 _LATCH_BOUNDS = {**_FLOOR_BOUNDS, "window": (0.0, 0.5), "armed": (0.5, 4.0)}
 _LATCH_START = {**_FLOOR_START, "window": 0.2, "armed": 2.5}
+_BAND_BOUNDS = {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)}
+_BAND_START = {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -480,15 +483,8 @@ FAMILIES: dict[str, Family] = {
     "settle_floor": Family(_SETTLE_FLOOR, _FLOOR_BOUNDS, _FLOOR_START, features="relative_peak"),
     "settle_ratchet": Family(_RATCHET, _FLOOR_BOUNDS, {**_FLOOR_START, "floor": 1.2}, features="relative_peak"),
     "settle_latch": Family(_SETTLE_LATCH, _LATCH_BOUNDS, _LATCH_START, features="relative_peak"),
-    "settle_band": Family(
-        _SETTLE_BAND, {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)}, {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0}, features="relative_peak"
-    ),
-    "settle_sign": Family(
-        _SETTLE_SIGN,
-        {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0), "rsharp": (0.0, 2000.0)},
-        {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0, "rsharp": 40.0},
-        features="relative_peak",
-    ),
+    "settle_band": Family(_SETTLE_BAND, _BAND_BOUNDS, _BAND_START, features="relative_peak"),
+    "settle_sign": Family(_SETTLE_SIGN, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0)}, {**_BAND_START, "rsharp": 40.0}, features="relative_peak"),
     "phased": Family(
         _PHASED,
         {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},
