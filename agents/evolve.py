@@ -217,6 +217,12 @@ _SETTLE_BAND = _floored(_CONTROL, _BAND_DROP)
 # the loss's fall, as bold driver grows, so a run whose loss falls slowly at a base LR far too
 # small still climbs
 _SETTLE_SIGN = _floored(_CONTROL.replace(_FELL, _FELL.replace("{sharp}", "{rsharp}")), _BAND_DROP)
+# ``settle_climb``: ``settle_sign`` whose sharp rise is for a run climbing into LRs it has not
+# trained at (an LR within e^-near of its peak); below the peak, after a cut or the drop, the rise
+# has the cut's sharpness again, so a slow fall there holds the LR instead of doubling it
+_AT_PEAK = "min(max(1 + 1000*(lr_ratio - lr_ratio_peak + {near}), 0), 1)"
+_CLIMB_FELL = f"({_AT_PEAK}*{_FELL.replace('{sharp}', '{rsharp}')} + (1 - {_AT_PEAK})*{_FELL})"
+_SETTLE_CLIMB = _floored(_CONTROL.replace(_FELL, _CLIMB_FELL), _BAND_DROP)
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
@@ -382,7 +388,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   that falls by under 1 % per epoch reads as flat, and the pull lowers the LR: from a base
 #:   LR 10× or more too small the run ends near untrained. Near the sign (hundreds), any fall
 #:   raises the LR, as bold driver does (agents/PSI.md, 22). It starts at ``settle_band``'s
-#:   start with rsharp 40 (the shipped default).
+#:   start with rsharp 40 (step 5; the shipped default, step 6, is rsharp 1000).
+#: - ``settle_climb``: ``settle_sign`` whose sharp rise is for a run climbing into LRs it has
+#:   not trained at (within e^−near of its peak, ``lr_ratio_peak``); below the peak, after a cut
+#:   or the drop, the rise has the cut's sharpness, as in step 5. Step 6 doubles the LR on
+#:   MNIST1D-MLP after its drop at falls under 1 % (agents/PSI.md, 22–23). It starts at the
+#:   shipped default (step 6) with near 0.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -485,6 +496,9 @@ FAMILIES: dict[str, Family] = {
     "settle_latch": Family(_SETTLE_LATCH, _LATCH_BOUNDS, _LATCH_START, features="relative_peak"),
     "settle_band": Family(_SETTLE_BAND, _BAND_BOUNDS, _BAND_START, features="relative_peak"),
     "settle_sign": Family(_SETTLE_SIGN, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0)}, {**_BAND_START, "rsharp": 40.0}, features="relative_peak"),
+    "settle_climb": Family(
+        _SETTLE_CLIMB, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0), "near": (0.0, 2.0)}, {**_BAND_START, "rsharp": 1000.0, "near": 0.0}, features="relative_peak"
+    ),
     "phased": Family(
         _PHASED,
         {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},

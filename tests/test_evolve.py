@@ -184,7 +184,7 @@ def check_settle_family(name, family, policy, obs):
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
         assert unheld.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half))  # still 0: settle_gap
-    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band", "settle_sign"):
+    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band", "settle_sign", "settle_climb"):
         check_floored_family(name, family, policy, obs)
     else:
         pytest.fail(f"no check for the family {name}")
@@ -261,6 +261,22 @@ def check_floored_family(name, family, policy, obs):
         extra = rise * (np.tanh(1000.0 * -obs[:, 5]) - np.tanh(family.start["sharp"] * -obs[:, 5]))
         assert sign == pytest.approx(banded.model.formula(obs) * np.exp(extra))
         assert extra[0] == 0.0 and extra[2] > 0.5 * rise  # a flat loss grows no more; a 0.5 % fall nearly all of the rise
+    elif name == "settle_climb":  # settle_sign at its peak; below it, the rise has the cut's sharpness
+        sign = evolve.FAMILIES["settle_sign"]
+        signed = load_policy_of(sign.expression({k: family.start[k] for k in sign.bounds}), "relative_peak")
+        band = evolve.FAMILIES["settle_band"]
+        banded = load_policy_of(band.expression({k: family.start[k] for k in band.bounds}), "relative_peak")
+        obs[:, 0], obs[:, 10] = 0.3, 0.05
+        obs[:, 8] = 0.0  # at its best: no cut
+        obs[:, 5] = [0.0, -0.001, -0.005, -0.02, -0.2]
+        obs[:, 11] = obs[:, 1]  # climbing: the LR is its peak
+        assert policy.model.formula(obs) == pytest.approx(signed.model.formula(obs))
+        below = obs.copy()
+        below[:, 11] = obs[:, 1] + 0.5  # cut from a peak e^0.5 higher (the floor, e^-2 of it, does not bind)
+        assert policy.model.formula(below) == pytest.approx(banded.model.formula(below))
+        assert policy.model.formula(below)[2] < 0.7 * signed.model.formula(below)[2]  # a 0.5 % fall no longer raises it
+        near = load_policy_of(family.expression({**family.start, "near": 1.0}), "relative_peak")
+        assert near.model.formula(below) == pytest.approx(signed.model.formula(below))  # within e^-near of the peak: climbing
     else:
         pytest.fail(f"no check for the family {name}")
 
