@@ -216,13 +216,19 @@ _SETTLE_BAND = _floored(_CONTROL, _BAND_DROP)
 # ``settle_sign``: ``settle_band`` whose rise has a sharpness of its own, {rsharp}: near the sign of
 # the loss's fall, as bold driver grows, so a run whose loss falls slowly at a base LR far too
 # small still climbs
-_SETTLE_SIGN = _floored(_CONTROL.replace(_FELL, _FELL.replace("{sharp}", "{rsharp}")), _BAND_DROP)
+_SIGN_FELL = _FELL.replace("{sharp}", "{rsharp}")
+_SETTLE_SIGN = _floored(_CONTROL.replace(_FELL, _SIGN_FELL), _BAND_DROP)
 # ``settle_climb``: ``settle_sign`` whose sharp rise is for a run climbing into LRs it has not
 # trained at (an LR within e^-near of its peak); below the peak, after a cut or the drop, the rise
 # has the cut's sharpness again, so a slow fall there holds the LR instead of doubling it
 _AT_PEAK = "min(max(1 + 1000*(lr_ratio - lr_ratio_peak + {near}), 0), 1)"
-_CLIMB_FELL = f"({_AT_PEAK}*{_FELL.replace('{sharp}', '{rsharp}')} + (1 - {_AT_PEAK})*{_FELL})"
+_CLIMB_FELL = f"({_AT_PEAK}*{_SIGN_FELL} + (1 - {_AT_PEAK})*{_FELL})"
 _SETTLE_CLIMB = _floored(_CONTROL.replace(_FELL, _CLIMB_FELL), _BAND_DROP)
+# ``settle_fade``: ``settle_sign`` whose rise fades, by the fraction {fade}, once the validation loss
+# falls by more than {big} (log) in one epoch: a fall that large (an easy task's first epochs)
+# says the LR is already productive, and a rise of ×1.65 there overshoots the largest stable LR
+_BIG_FALL = "(1 - {fade}*tanh(10*max(-valid_loss_change - {big}, 0)))"
+_SETTLE_FADE = _floored(_CONTROL.replace(_FELL, f"{_SIGN_FELL}*{_BIG_FALL}"), _BAND_DROP)
 # ``settle_ratchet``: ``settle_floor`` whose controller, once the LR is below the highest it has
 # trained at (the first cut came), only cuts: its rises are capped at the LR it has
 _BELOW_PEAK = "min(max(1000*(lr_ratio_peak - lr_ratio), 0), 1)"
@@ -394,6 +400,12 @@ _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "ann
 #:   or the drop, the rise has the cut's sharpness, as in step 5. Step 6 doubles the LR on
 #:   MNIST1D-MLP after its drop at falls under 1 % (agents/PSI.md, 22–23). It starts at the
 #:   shipped default (step 6) with near 0.
+#: - ``settle_fade``: ``settle_sign`` whose rise fades by the fraction ``fade`` once the
+#:   validation loss falls by more than ``big`` in one epoch (``× (1 − fade·tanh(10·max(−Δv −
+#:   big, 0)))``). A fall that large (an easy task's first epochs) says the LR is already
+#:   productive; a rise of ×1.65 there overshoots the largest stable LR (Digits-MLP at batch 32
+#:   set off: from 0.2 to 0.33 after a fall from 2.3 to 0.29, then a loss of 3.2; agents/PSI.md,
+#:   24). It starts at the shipped default (step 6) with fade 0 and big 0.7.
 #: - ``phased``: ``patience`` whose reactions depend on the budget's progress: the cut has its
 #:   own sharpness (``tolerance``, so a small jitter may cut less than a jump) and is weaker
 #:   early (``× (1 − calm·(1 − i/T))``), the rise fades late (``× (1 − fade·i/T)``). Tuned step
@@ -496,6 +508,12 @@ FAMILIES: dict[str, Family] = {
     "settle_latch": Family(_SETTLE_LATCH, _LATCH_BOUNDS, _LATCH_START, features="relative_peak"),
     "settle_band": Family(_SETTLE_BAND, _BAND_BOUNDS, _BAND_START, features="relative_peak"),
     "settle_sign": Family(_SETTLE_SIGN, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0)}, {**_BAND_START, "rsharp": 40.0}, features="relative_peak"),
+    "settle_fade": Family(
+        _SETTLE_FADE,
+        {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0), "fade": (0.0, 1.0), "big": (0.1, 3.0)},
+        {**_BAND_START, "rsharp": 1000.0, "fade": 0.0, "big": 0.7},
+        features="relative_peak",
+    ),
     "settle_climb": Family(
         _SETTLE_CLIMB, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0), "near": (0.0, 2.0)}, {**_BAND_START, "rsharp": 1000.0, "near": 0.0}, features="relative_peak"
     ),

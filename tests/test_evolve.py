@@ -184,7 +184,7 @@ def check_settle_family(name, family, policy, obs):
         assert held[:2].max() == 0.0 and held[2:].min() > 0.99  # at its best: no drop; an epoch after it: all of it
         unheld = load_policy_of(family.expression({**family.start, "still": 0.0}), "relative_budget")
         assert unheld.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half))  # still 0: settle_gap
-    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band", "settle_sign", "settle_climb"):
+    elif name in ("settle_floor", "settle_ratchet", "settle_latch", "settle_band", "settle_sign", "settle_climb", "settle_fade"):
         check_floored_family(name, family, policy, obs)
     else:
         pytest.fail(f"no check for the family {name}")
@@ -277,6 +277,18 @@ def check_floored_family(name, family, policy, obs):
         assert policy.model.formula(below)[2] < 0.7 * signed.model.formula(below)[2]  # a 0.5 % fall no longer raises it
         near = load_policy_of(family.expression({**family.start, "near": 1.0}), "relative_peak")
         assert near.model.formula(below) == pytest.approx(signed.model.formula(below))  # within e^-near of the peak: climbing
+    elif name == "settle_fade":  # settle_sign whose rise fades once the loss falls by more than `big` in an epoch
+        sign = evolve.FAMILIES["settle_sign"]
+        signed = load_policy_of(sign.expression({k: family.start[k] for k in sign.bounds}), "relative_peak")
+        obs[:, 0], obs[:, 10] = 0.3, 0.05
+        obs[:, 11] = obs[:, 1]  # at its peak: the floor does not bind
+        obs[:, 8] = 0.0  # at its best: no cut
+        obs[:, 5] = [-0.005, -0.2, -0.69, -1.0, -2.0]  # the validation loss's last change (log)
+        assert policy.model.formula(obs) == pytest.approx(signed.model.formula(obs))  # fade 0: settle_sign
+        faded = load_policy_of(family.expression({**family.start, "fade": 1.0}), "relative_peak").model.formula(obs)
+        kept = 1 - np.tanh(10 * np.maximum(-obs[:, 5] - family.start["big"], 0.0))
+        assert faded == pytest.approx(signed.model.formula(obs) * np.exp(family.start["rise"] * (kept - 1)))
+        assert kept[:3] == pytest.approx(np.ones(3)) and kept[4] < 0.01  # falls under e^-0.7 keep the rise; a fall to e^-2 has none
     else:
         pytest.fail(f"no check for the family {name}")
 
