@@ -15,7 +15,11 @@ README).
 
 It prints, per variant and formula, the mean final validation loss and return (log(L_0/L_T))
 at the base LRs and set off, then each formula's mean return over both and every variant (the
-currency of ``agents.evolve``), and with ``--out`` writes them to a CSV.
+currency of ``agents.evolve``), its difference from the first formula's with the standard error
+over the run seeds (the seeds are the replicates: each plays every variant in both modes), and
+how many of its runs overshot (an epoch whose validation loss is more than twice the best
+before it; rare and large, they are what a probe of a few seeds measures worst). With
+``--out`` it writes the per-variant numbers to a CSV.
 """
 
 from __future__ import annotations
@@ -36,6 +40,23 @@ from lrenv.evaluation.executor import ProcessPool
 from lrenv.evaluation.protocol import env_run_seed
 from lrenv.formula import Formula
 from lrenv.policy import SHIPPED_POLICIES
+
+#: A run overshoots when an epoch's validation loss is more than this many times the best before it.
+OVERSHOOT = 2.0
+
+
+def overshot(valid_loss: list[float]) -> bool:
+    """Whether some epoch's validation loss is more than ``OVERSHOOT`` times the best before it."""
+    best = np.minimum.accumulate(np.asarray(valid_loss, dtype=float))
+    return bool((np.asarray(valid_loss[1:]) > OVERSHOOT * best[:-1]).any())
+
+
+def paired_difference(mine: np.ndarray, first: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error over run seeds of ``mine − first``, each ``[episodes, seeds]`` of returns."""
+    per_seed = (mine - first).mean(0)
+    se = per_seed.std(ddof=1) / np.sqrt(len(per_seed)) if len(per_seed) > 1 else float("nan")
+    return float(per_seed.mean()), float(se)
+
 
 #: The first probe seed: past the harness's seeds and those of ``agents.evolve --seed`` 0-2 (60,000 + 10,000·seed on).
 PROBE_SEED_BASE = 90_000
@@ -123,14 +144,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 mine = episodes[(name, mode)][v]
                 row[f"valid_loss_{mode}"] = float(np.mean([e.valid_loss[-1] for e in mine]))
                 row[f"return_{mode}"] = float(np.mean([e.score for e in mine]))
+                row[f"overshoots_{mode}"] = sum(overshot(e.valid_loss) for e in mine)
             rows.append(row)
             base = f"valid {row['valid_loss_base']:.4f} return {row['return_base']:.4f}"
             off = f"valid {row['valid_loss_set_off']:.4f} return {row['return_set_off']:.4f}"
             print(f"  {name:{width}s} base: {base} | set off: {off}")
+    # [variant x mode, seed] returns per formula: the seeds are paired across formulas
+    returns = {name: np.array([[e.score for e in episodes[(name, mode)][v]] for v in range(len(chosen)) for mode in ("base", "set_off")]) for name in formulas}
+    first = next(iter(formulas))
     for name in formulas:
         mine = [r for r in rows if r["formula"] == name]
         mean = np.mean([(r["return_base"] + r["return_set_off"]) / 2 for r in mine])
-        print(f"MEAN {name:{width}s} {mean:.4f}")
+        runs = sum(r["overshoots_base"] + r["overshoots_set_off"] for r in mine)
+        versus = ""
+        if name != first:
+            diff, se = paired_difference(returns[name], returns[first])
+            versus = f"  {diff:+.4f} ± {se:.4f} against {first} over {args.seeds} seeds;"
+        print(f"MEAN {name:{width}s} {mean:.4f}{versus}  overshoots {runs} of {returns[name].size} runs")
     if args.out:
         write_csv(args.out, rows)
         print(f"Wrote {args.out}")

@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from lrenv.agents import probe
@@ -23,7 +24,7 @@ def _formulas(tmp_path, entries):
     return str(path)
 
 
-def test_probe_pairs_its_formulas_on_seeds_of_their_own_and_writes_them(tmp_path):
+def test_probe_pairs_its_formulas_on_seeds_of_their_own_and_writes_them(tmp_path, capsys):
     entries = {"flat": "exp(0*lr_ratio)", "same": "exp(0*lr_ratio)", "halving": "exp(lr_ratio - 0.7)", "shipped": "default"}
     out = tmp_path / "probe.csv"
     argv = ["--config", _config(tmp_path), "--formulas", _formulas(tmp_path, entries), "--seeds", "2", "--workers", "0", "--out", str(out)]
@@ -36,8 +37,27 @@ def test_probe_pairs_its_formulas_on_seeds_of_their_own_and_writes_them(tmp_path
         assert by[(v, "flat")]["return_set_off"] != by[(v, "flat")]["return_base"]  # set off: other base LRs
     assert by[(1, "shipped")]["return_base"] != by[(1, "flat")]["return_base"]  # the default, with its own features
     assert [r["formula"] for r in csv.DictReader(out.open())] == [r["formula"] for r in rows]
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MEAN")]
+    assert "against" not in summary[0] and "+0.0000 ± 0.0000 against flat over 2 seeds" in summary[1]  # the same episodes
+    halving = np.mean([(by[(v, "halving")]["return_base"] + by[(v, "halving")]["return_set_off"]) / 2 for v in (0, 1)])
+    flat = np.mean([(by[(v, "flat")]["return_base"] + by[(v, "flat")]["return_set_off"]) / 2 for v in (0, 1)])
+    assert f"{halving - flat:+.4f} ± " in summary[2] and all(line.endswith("of 8 runs") for line in summary)
+    assert all(isinstance(r["overshoots_base"], int) and 0 <= r["overshoots_set_off"] <= 2 for r in rows)
     again = probe.main([*argv[:-2], "--variants", "1"])
     assert again == [r for r in rows if r["variant"] == 1]  # the same seeds, whatever else is played
+
+
+def test_an_overshoot_is_an_epoch_more_than_twice_the_best_before_it():
+    assert probe.overshot([2.3, 0.3, 0.7, 0.2])  # 0.7 > 2 · 0.3
+    assert not probe.overshot([2.3, 0.3, 0.6, 0.2])  # twice the best is not more than twice
+    assert not probe.overshot([2.3, 4.0])  # the untrained loss is the first best: 4.0 < 2 · 2.3
+
+
+def test_the_paired_difference_is_over_seeds():
+    first = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])  # [episodes, seeds]
+    mine = first + np.array([[0.1, 0.3, 0.2], [0.1, 0.1, 0.2]])  # per seed +0.1, +0.2, +0.2
+    diff, se = probe.paired_difference(mine, first)
+    assert diff == pytest.approx(0.5 / 3) and se == pytest.approx(np.std([0.1, 0.2, 0.2], ddof=1) / np.sqrt(3))
 
 
 @pytest.mark.parametrize(
