@@ -46,9 +46,11 @@ OVERSHOOT = 2.0
 
 
 def overshot(valid_loss: list[float]) -> bool:
-    """Whether some epoch's validation loss is more than ``OVERSHOOT`` times the best before it."""
-    best = np.minimum.accumulate(np.asarray(valid_loss, dtype=float))
-    return bool((np.asarray(valid_loss[1:]) > OVERSHOOT * best[:-1]).any())
+    """Whether some epoch's validation loss is more than ``OVERSHOOT`` times the best before it (a non-finite loss is)."""
+    losses = np.asarray(valid_loss, dtype=float)
+    losses = np.where(np.isfinite(losses), losses, np.inf)
+    best = np.minimum.accumulate(losses)
+    return bool((losses[1:] > OVERSHOOT * best[:-1]).any())
 
 
 def paired_difference(mine: np.ndarray, first: np.ndarray) -> tuple[float, float]:
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 mine = episodes[(name, mode)][v]
                 row[f"valid_loss_{mode}"] = float(np.mean([e.valid_loss[-1] for e in mine]))
                 row[f"return_{mode}"] = float(np.mean([e.score for e in mine]))
-                row[f"overshoots_{mode}"] = sum(overshot(e.valid_loss) for e in mine)
+                row[f"overshoots_{mode}"] = sum(e.diverged or overshot(e.valid_loss) for e in mine)
             rows.append(row)
             base = f"valid {row['valid_loss_base']:.4f} return {row['return_base']:.4f}"
             off = f"valid {row['valid_loss_set_off']:.4f} return {row['return_set_off']:.4f}"

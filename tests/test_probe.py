@@ -51,6 +51,7 @@ def test_an_overshoot_is_an_epoch_more_than_twice_the_best_before_it():
     assert probe.overshot([2.3, 0.3, 0.7, 0.2])  # 0.7 > 2 · 0.3
     assert not probe.overshot([2.3, 0.3, 0.6, 0.2])  # twice the best is not more than twice
     assert not probe.overshot([2.3, 4.0])  # the untrained loss is the first best: 4.0 < 2 · 2.3
+    assert probe.overshot([2.3, 0.3, float("nan")]) and probe.overshot([2.3, 0.3, float("inf")])  # a loss that went non-finite
 
 
 def test_the_paired_difference_is_over_seeds():
