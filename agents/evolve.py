@@ -279,6 +279,9 @@ _LATCH_BOUNDS = {**_FLOOR_BOUNDS, "window": (0.0, 0.5), "armed": (0.5, 4.0)}
 _LATCH_START = {**_FLOOR_START, "window": 0.2, "armed": 2.5}
 _BAND_BOUNDS = {**_LATCH_BOUNDS, "gap1": (0.5, 6.0), "gapk1": (0.0, 40.0)}
 _BAND_START = {**_LATCH_START, "gap1": 1.5, "gapk1": 4.0}
+#: ``settle_sign``'s box, and step 6 (the shipped default: ``settle_band``'s start with rsharp 1000), where its variants start.
+_SIGN_BOUNDS = {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0)}
+_SIGN_SHIPPED = {**_BAND_START, "rsharp": 1000.0}
 #: Where the search of ``bold --bound beta=0.8,1`` ended (the default Ψ before ``best``): the later families start there.
 _BOLD_OPTIMUM = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
 #: The families the search can run over (``--family``).
@@ -507,16 +510,11 @@ FAMILIES: dict[str, Family] = {
     "settle_ratchet": Family(_RATCHET, _FLOOR_BOUNDS, {**_FLOOR_START, "floor": 1.2}, features="relative_peak"),
     "settle_latch": Family(_SETTLE_LATCH, _LATCH_BOUNDS, _LATCH_START, features="relative_peak"),
     "settle_band": Family(_SETTLE_BAND, _BAND_BOUNDS, _BAND_START, features="relative_peak"),
-    "settle_sign": Family(_SETTLE_SIGN, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0)}, {**_BAND_START, "rsharp": 40.0}, features="relative_peak"),
+    "settle_sign": Family(_SETTLE_SIGN, _SIGN_BOUNDS, {**_BAND_START, "rsharp": 40.0}, features="relative_peak"),
     "settle_fade": Family(
-        _SETTLE_FADE,
-        {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0), "fade": (0.0, 1.0), "big": (0.1, 3.0)},
-        {**_BAND_START, "rsharp": 1000.0, "fade": 0.0, "big": 0.7},
-        features="relative_peak",
+        _SETTLE_FADE, {**_SIGN_BOUNDS, "fade": (0.0, 1.0), "big": (0.1, 3.0)}, {**_SIGN_SHIPPED, "fade": 0.0, "big": 0.7}, features="relative_peak"
     ),
-    "settle_climb": Family(
-        _SETTLE_CLIMB, {**_BAND_BOUNDS, "rsharp": (0.0, 2000.0), "near": (0.0, 2.0)}, {**_BAND_START, "rsharp": 1000.0, "near": 0.0}, features="relative_peak"
-    ),
+    "settle_climb": Family(_SETTLE_CLIMB, {**_SIGN_BOUNDS, "near": (0.0, 2.0)}, {**_SIGN_SHIPPED, "near": 0.0}, features="relative_peak"),
     "phased": Family(
         _PHASED,
         {**_PATIENCE_BOX, "tolerance": (0.0, 40.0), "calm": (0.0, 1.0), "fade": (0.0, 1.0)},

@@ -155,14 +155,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     returns = {name: np.array([[e.score for e in episodes[(name, mode)][v]] for v in range(len(chosen)) for mode in ("base", "set_off")]) for name in formulas}
     first = next(iter(formulas))
     for name in formulas:
-        mine = [r for r in rows if r["formula"] == name]
-        mean = np.mean([(r["return_base"] + r["return_set_off"]) / 2 for r in mine])
-        runs = sum(r["overshoots_base"] + r["overshoots_set_off"] for r in mine)
+        runs = sum(r["overshoots_base"] + r["overshoots_set_off"] for r in rows if r["formula"] == name)
         versus = ""
         if name != first:
             diff, se = paired_difference(returns[name], returns[first])
             versus = f"  {diff:+.4f} ± {se:.4f} against {first} over {args.seeds} seeds;"
-        print(f"MEAN {name:{width}s} {mean:.4f}{versus}  overshoots {runs} of {returns[name].size} runs")
+        print(f"MEAN {name:{width}s} {returns[name].mean():.4f}{versus}  overshoots {runs} of {returns[name].size} runs")
     if args.out:
         write_csv(args.out, rows)
         print(f"Wrote {args.out}")
