@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,17 @@ def test_probe_names_bad_input(tmp_path, entries, extra, message):
 def test_probe_needs_its_formulas():
     with pytest.raises(ValueError, match="--formulas is required"):
         probe.main([])
+
+
+PROBE_FILES = sorted((Path(__file__).parents[1] / "agents" / "configs" / "probes").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name)
+def test_every_committed_probe_file_still_parses(path):
+    """agents/PSI.md's probe commands name these files: each formula must read in the grammar of today."""
+    formulas = probe.read_formulas(str(path), "relative_peak")
+    assert len(formulas) >= 2, "a probe compares formulas: at least two"
+
+
+def test_the_probe_files_are_found():
+    assert len(PROBE_FILES) >= 14
