@@ -30,7 +30,7 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         bold = {"beta": 0.8, "grow": -0.0065, "react": 1.0, "sharp": 20.0, "anneal": 0.21, "speed": 1.11}
         assert policy.model.formula(obs) == pytest.approx(load_policy_of(evolve.FAMILIES["bold"].expression(bold)).model.formula(obs))
     elif name == "best":  # bold's gains: a loss above its best cuts as bold cuts a rise of that size
-        bold = load_policy_of(evolve.FAMILIES["bold"].expression({k: family.start[k] for k in evolve.FAMILIES["bold"].bounds}))
+        bold = parent_at_start(family, "bold")
         rose = obs.copy()
         rose[:, 5] = rose[:, 8]  # the loss rose from its best by exactly that much
         assert policy.model.formula(rose) == pytest.approx(bold.model.formula(rose[:, :8]))
@@ -38,32 +38,28 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         at_best[:, 8] = 0.0
         assert (policy.model.formula(at_best) > policy.model.formula(rose)).all()
     elif name == "patience":  # best's pick: an epoch after the best, its cut is best's
-        best = evolve.FAMILIES["best"]
-        previous = load_policy_of(best.expression({k: family.start[k] for k in best.bounds}), "relative_best")
+        previous = parent_at_start(family, "best", "relative_best")
         obs[:, 9] = 0.05
         assert policy.model.formula(obs) == pytest.approx(previous.model.formula(obs), rel=1e-3)
         just_now = obs.copy()
         just_now[:, 9] = 0.0  # the best was this epoch: no cut yet
         assert (policy.model.formula(just_now) > policy.model.formula(obs)).all()
     elif name == "remember":  # the first default Ψ of psi.yaml with a fixed memory; a falling loss lengthens it
-        patience = evolve.FAMILIES["patience"]
-        fixed = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        fixed = parent_at_start(family, "patience", "relative_best")
         assert policy.model.formula(obs) == pytest.approx(fixed.model.formula(obs))
         fell = obs.copy()
         fell[:, 1], fell[:, 5] = 1.0, -0.2  # a raised level, and the loss fell 18 %
         longer = load_policy_of(family.expression({**family.start, "hold": 0.1}), "relative_best")
         assert longer.model.formula(fell) == pytest.approx(policy.model.formula(fell) * np.exp(0.1 * np.tanh(38.59 * 0.2)))
     elif name == "gated":  # the first default Ψ of psi.yaml (a patience formula) with no gate; a falling train loss softens the cut
-        patience = evolve.FAMILIES["patience"]
-        ungated = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        ungated = parent_at_start(family, "patience", "relative_best")
         assert policy.model.formula(obs) == pytest.approx(ungated.model.formula(obs))
         above = obs.copy()
         above[:, 8], above[:, 9], above[:, 4] = 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
         gated = load_policy_of(family.expression({**family.start, "learning": 10.0}), "relative_best")
         assert (gated.model.formula(above) > policy.model.formula(above)).all()
     elif name == "hyper":  # the default Ψ of psi.yaml; push moves the LR on where its last move sped the fall up
-        patience = evolve.FAMILIES["patience"]
-        default = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        default = parent_at_start(family, "patience", "relative_best")
         assert policy.model.formula(obs) == pytest.approx(default.model.formula(obs[:, :10]))
         pushed = load_policy_of(family.expression({**family.start, "push": 1.0}), "relative_hyper")
         helped, hurt = obs.copy(), obs.copy()
@@ -72,8 +68,7 @@ def test_each_family_maps_the_unit_box_onto_its_constants_and_starts_where_it_sa
         assert (pushed.model.formula(helped) < policy.model.formula(helped)).all()  # cut again
         assert (pushed.model.formula(hurt) < policy.model.formula(hurt)).all()  # and undo the rise
     elif name == "phased":  # the first default Ψ of psi.yaml; calm weakens an early cut, fade a late rise
-        patience = evolve.FAMILIES["patience"]
-        default = load_policy_of(patience.expression({k: family.start[k] for k in patience.bounds}), "relative_best")
+        default = parent_at_start(family, "patience", "relative_best")
         assert policy.model.formula(obs) == pytest.approx(default.model.formula(obs))
         cut = obs.copy()
         cut[:, 5], cut[:, 8], cut[:, 9] = 0.0, 0.05, 0.1  # above its best for a while, no fall
@@ -106,8 +101,7 @@ def check_settle_family(name, family, policy, obs):
         step = 0.5 * 4.6 * (np.cos(np.pi * 0.5) - np.cos(np.pi * 0.4))
         assert policy.model.formula(late) == pytest.approx(np.full(5, np.exp(1.5 + step)))
     elif name == "settle_eased":  # the shipped settle default with no easing; a falling train loss eases the pull
-        settle = evolve.FAMILIES["settle"]
-        plain = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        plain = parent_at_start(family, "settle", "relative_budget")
         assert policy.model.formula(obs) == pytest.approx(plain.model.formula(obs))
         learning = obs.copy()
         learning[:, 0], learning[:, 4], learning[:, 5], learning[:, 8] = 0.3, -0.2, 0.0, 0.0  # train loss fell 18 %, validation flat at its best
@@ -115,8 +109,7 @@ def check_settle_family(name, family, policy, obs):
         grow = family.start["grow"] * np.tanh(family.start["feel"] * 0.2)  # the part of the pull that eases
         assert eased.model.formula(learning) == pytest.approx(policy.model.formula(learning) * np.exp(-grow))
     elif name == "settle_gated":  # the shipped settle default with no gate; a falling train loss softens the cut
-        settle = evolve.FAMILIES["settle"]
-        ungated = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+        ungated = parent_at_start(family, "settle", "relative_budget")
         assert policy.model.formula(obs) == pytest.approx(ungated.model.formula(obs))
         above = obs.copy()
         above[:, 0], above[:, 8], above[:, 9], above[:, 4] = 0.3, 0.05, 0.1, -0.2  # above its best, and the train loss fell 18 %
@@ -177,7 +170,7 @@ def check_settle_family(name, family, policy, obs):
         at_half[:, 0], at_half[:, 10] = 0.55, 0.05  # the first epoch past half of 20
         at_half[:, 7] = 1.0  # overfitting by the gap: all of the drop
         at_half[:, 9] = [0.0, 0.0, 0.05, 0.1, 0.5]  # at its best, or 1, 2, 10 epochs after it
-        dropping = load_policy_of(gap.expression({k: family.start[k] for k in gap.bounds}), "relative_budget")
+        dropping = parent_at_start(family, "settle_gap", "relative_budget")
         held = np.tanh(family.start["patience"] * at_half[:, 9])  # the part of the drop that is left
         gap_drop = dropping.model.formula(at_half) / load_policy_of(gap.expression(gap.start), "relative_budget").model.formula(at_half)
         assert policy.model.formula(at_half) == pytest.approx(dropping.model.formula(at_half) * gap_drop ** (held - 1))
@@ -193,8 +186,7 @@ def check_settle_family(name, family, policy, obs):
 def check_floored_family(name, family, policy, obs):
     """The families with a floor under the controller (``relative_peak`` features)."""
     if name == "settle_floor":  # the present default (settle_gap_stall) with a floor under its controller until the drop
-        stall = evolve.FAMILIES["settle_gap_stall"]
-        shipped = load_policy_of(stall.expression({k: family.start[k] for k in stall.bounds}), "relative_budget")
+        shipped = parent_at_start(family, "settle_gap_stall", "relative_budget")
         obs[:, 0], obs[:, 10] = 0.3, 0.05  # before the drop at 0.45 of 20 epochs
         obs[:, 11] = obs[:, 1]  # the LR is at its peak: the controller, even cutting, stays above e^-2 of it
         assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs[:, :11]))
@@ -220,8 +212,7 @@ def check_floored_family(name, family, policy, obs):
         below[:, 11] = obs[:, 1] + 0.5 + 1.0  # ... unless the floor, e^-1.2 of that peak, is higher
         assert policy.model.formula(below) == pytest.approx(np.exp(obs[:, 1] + 1.5 - family.start["floor"]))
     elif name == "settle_latch":  # settle_floor whose held drop stays armed for a window after `at`, and fires once
-        floor = evolve.FAMILIES["settle_floor"]
-        floored = load_policy_of(floor.expression({k: family.start[k] for k in floor.bounds}), "relative_peak")
+        floored = parent_at_start(family, "settle_floor", "relative_peak")
         obs[:, 10], obs[:, 7], obs[:, 9] = 0.05, 1.0, 0.1  # 20 epochs, overfitting by the gap, two epochs past its best
         obs[:, 11] = obs[:, 1] + 1.0  # the LR is e^-1 of its peak: armed
         drop = family.start["drop"] * np.tanh(family.start["gapk"] * (1.0 - family.start["gap0"]))
@@ -238,7 +229,7 @@ def check_floored_family(name, family, policy, obs):
             assert policy.model.formula(unarmed) == pytest.approx(floored.model.formula(unarmed))
     elif name == "settle_band":  # settle_latch, whose drop also needs a gap under gap1
         latch = evolve.FAMILIES["settle_latch"]
-        latched = load_policy_of(latch.expression({k: family.start[k] for k in latch.bounds}), "relative_peak")
+        latched = parent_at_start(family, "settle_latch", "relative_peak")
         obs[:, 0], obs[:, 10], obs[:, 9] = 0.6, 0.05, 0.1  # in the drop's window, two epochs past its best
         obs[:, 11] = obs[:, 1] + 1.0  # armed
         obs[:, 7] = [0.0, 0.5, 1.0, 1.5, 3.0]  # the gap: none, overfitting some, ... having fit its training set
@@ -249,8 +240,7 @@ def check_floored_family(name, family, policy, obs):
         assert under[:4] == pytest.approx(np.ones(4)) and under[4] < 0.01  # up to gap1 all of the drop, at a gap of 3 none
         assert latched.model.formula(obs) == pytest.approx(start)
     elif name == "settle_sign":  # settle_band, whose rise has its own sharpness
-        band = evolve.FAMILIES["settle_band"]
-        banded = load_policy_of(band.expression({k: family.start[k] for k in band.bounds}), "relative_peak")
+        banded = parent_at_start(family, "settle_band", "relative_peak")
         obs[:, 0], obs[:, 10] = 0.3, 0.05
         obs[:, 11] = obs[:, 1]  # at its peak: the floor does not bind
         obs[:, 8] = 0.0  # at its best: no cut
@@ -262,10 +252,8 @@ def check_floored_family(name, family, policy, obs):
         assert sign == pytest.approx(banded.model.formula(obs) * np.exp(extra))
         assert extra[0] == 0.0 and extra[2] > 0.5 * rise  # a flat loss grows no more; a 0.5 % fall nearly all of the rise
     elif name == "settle_climb":  # settle_sign at its peak; below it, the rise has the cut's sharpness
-        sign = evolve.FAMILIES["settle_sign"]
-        signed = load_policy_of(sign.expression({k: family.start[k] for k in sign.bounds}), "relative_peak")
-        band = evolve.FAMILIES["settle_band"]
-        banded = load_policy_of(band.expression({k: family.start[k] for k in band.bounds}), "relative_peak")
+        signed = parent_at_start(family, "settle_sign", "relative_peak")
+        banded = parent_at_start(family, "settle_band", "relative_peak")
         obs[:, 0], obs[:, 10] = 0.3, 0.05
         obs[:, 8] = 0.0  # at its best: no cut
         obs[:, 5] = [0.0, -0.001, -0.005, -0.02, -0.2]
@@ -278,8 +266,7 @@ def check_floored_family(name, family, policy, obs):
         near = load_policy_of(family.expression({**family.start, "near": 1.0}), "relative_peak")
         assert near.model.formula(below) == pytest.approx(signed.model.formula(below))  # within e^-near of the peak: climbing
     elif name == "settle_fade":  # settle_sign whose rise fades once the loss falls by more than `big` in an epoch
-        sign = evolve.FAMILIES["settle_sign"]
-        signed = load_policy_of(sign.expression({k: family.start[k] for k in sign.bounds}), "relative_peak")
+        signed = parent_at_start(family, "settle_sign", "relative_peak")
         obs[:, 0], obs[:, 10] = 0.3, 0.05
         obs[:, 11] = obs[:, 1]  # at its peak: the floor does not bind
         obs[:, 8] = 0.0  # at its best: no cut
@@ -295,8 +282,7 @@ def check_floored_family(name, family, policy, obs):
 
 def starts_at_the_shipped_settle(family, policy, obs):
     """Check that ``policy`` (``family`` at its start) is the shipped settle default over 20 epochs; return that default."""
-    settle = evolve.FAMILIES["settle"]
-    shipped = load_policy_of(settle.expression({k: family.start[k] for k in settle.bounds}), "relative_budget")
+    shipped = parent_at_start(family, "settle", "relative_budget")
     obs[:, 10] = 0.05  # 20 epochs
     assert policy.model.formula(obs) == pytest.approx(shipped.model.formula(obs))
     return shipped
@@ -313,6 +299,12 @@ def test_the_mixed_family_reacts_to_the_train_loss():
 
 def load_policy_of(text, features="relative"):
     return formula_policy(text, features=features, relative_factor=30.0)
+
+
+def parent_at_start(family, parent, features="relative"):
+    """The family ``parent`` at ``family``'s start (the constants they share): what ``family`` reduces to where its addition is off."""
+    other = evolve.FAMILIES[parent]
+    return load_policy_of(other.expression({k: family.start[k] for k in other.bounds}), features)
 
 
 def test_candidates_are_ranked_per_variant():
